@@ -107,6 +107,9 @@ def _spm_merges(tokens: list[str], scores: list[float]) -> list[tuple[str, str]]
     return [(left, right) for left, right, _ in merges]
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 class Tokenizer:
     """Text <-> token ids for one model.  Immutable after construction; safe to share across threads."""
 
@@ -142,6 +145,11 @@ class Tokenizer:
             joined = None
         if n == 0 or joined is None:
             raise FormatError("tokenizer metadata: tokenizer.ggml.tokens must be a non-empty list of strings")
+        if _SURROGATE.search(joined):
+            # gguf_scan keeps raw-byte tokens as lone surrogates; the tokenizers library can't hold them
+            bad = next(i for i, t in enumerate(tokens) if _SURROGATE.search(t))
+            raise UnsupportedError(f"tokenizer.ggml.tokens[{bad}] is not valid UTF-8 "
+                                   f"({tokens[bad].encode('utf-8', 'surrogateescape')!r}): raw-byte vocabularies are not supported")
         types = _md_list(md, "tokenizer.ggml.token_type", n) or [_NORMAL] * n
         # the few tokens that are not plain vocabulary (control, user-defined, byte, ...)
         marked = [i for i, ty in enumerate(types) if ty != _NORMAL]

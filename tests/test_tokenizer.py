@@ -282,3 +282,13 @@ def test_numpy_arrays_in_metadata(spm_path, smol_md):
     assert Tokenizer.from_metadata(np_md).encode(text) == Tokenizer.from_metadata(md).encode(text)
     np_smol = {**smol_md, "tokenizer.ggml.token_type": np.asarray(smol_md["tokenizer.ggml.token_type"], np.int32)}
     assert Tokenizer.from_metadata(np_smol).encode(CORPUS[11]) == Tokenizer.from_metadata(smol_md).encode(CORPUS[11])
+
+
+def test_raw_byte_token_is_a_clean_unsupported_error():
+    from realm_embed.errors import UnsupportedError
+    from realm_embed.tokenizer import Tokenizer
+    md = {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "default",
+          "tokenizer.ggml.tokens": ["a", b"\xff".decode("utf-8", "surrogateescape")],
+          "tokenizer.ggml.merges": []}
+    with pytest.raises(UnsupportedError, match=r"tokens\[1\] is not valid UTF-8"):
+        Tokenizer.from_metadata(md)
