@@ -1,0 +1,3 @@
+module realm.dev/realm
+
+go 1.19
