@@ -1,0 +1,188 @@
+// realm-embed for Node.js: types of the idiomatic layer (lib/realm.cjs).
+// Shapes (row-major float32, as in realm.h): T tokens, D hidden size (nEmbd), V vocabulary (nVocab).
+
+/** A model or sampler id: a bigint (a number is accepted where it is an input). */
+export type Id = bigint;
+
+/** The result codes by short name: ErrorCode.NOT_FOUND === -4. */
+export const ErrorCode: Readonly<{
+  INTERNAL: -1; INIT: -2; ARG: -3; NOT_FOUND: -4; RANGE: -5; BUFFER_TOO_SMALL: -6; FORMAT: -7;
+  UNSUPPORTED: -8; LIMIT: -9; BUSY: -10; CONFLICT: -11; IO: -12;
+}>;
+
+/** The REALM_ABI_VERSION this binding speaks. */
+export const ABI_VERSION: number;
+
+/** Every failure.  message: the call's own message, e.g. "realm_forward_layer: layer 31 out of range [0, 30)". */
+export class RealmError extends Error {
+  readonly name: 'RealmError';
+  /** The C result code (negative). */
+  readonly code: number;
+  /** Its name, e.g. "REALM_E_NOT_FOUND". */
+  readonly codeName: string;
+}
+
+export class Realm {
+  /** Start the runtime now (about 1 s: Python and torch).  Call once, from the main thread. */
+  static init(): void;
+  /** "MAJOR.MINOR.PATCH" */
+  static version(): string;
+  static versionNumber(): number;
+  static abiVersion(): number;
+  /** The path librealm.so was loaded from. */
+  static libraryPath(): string;
+}
+
+export interface StoreOptions {
+  /** A requested id; default: derived from the content. */
+  id?: bigint | number;
+}
+
+export interface ModelInfo {
+  id: bigint;
+  architecture: string;
+  name: string;
+  nLayer: number;
+  nEmbd: number;
+  nFf: number;
+  nHead: number;
+  nHeadKv: number;
+  headDim: number;
+  nRot: number;
+  nVocab: number;
+  nCtxTrain: number;
+  nTensors: number;
+  bosId: number;
+  eosId: number;
+  hasChatTemplate: boolean;
+  ropeFreqBase: number;
+  rmsEps: number;
+  totalBytes: number;
+  /** Stored bytes per GGML type name, e.g. { Q4_1: 66355200, ... } */
+  bytesByType: Record<string, number>;
+}
+
+export interface TensorInfo {
+  name: string;
+  /** numpy order, outermost first */
+  shape: number[];
+  nElements: number;
+  /** GGML type number: 0 F32, 1 F16, 2 Q4_0, 3 Q4_1, 8 Q8_0, ... */
+  ggmlType: number;
+  nBytes: number;
+}
+
+export interface ChatMessage {
+  role: string;
+  content: string;
+  [key: string]: unknown;
+}
+
+export class Model {
+  /** Store a GGUF from memory (copied). */
+  static store(bytes: Uint8Array | ArrayBuffer, options?: StoreOptions): Model;
+  /** Store a GGUF file (memory-mapped, not copied). */
+  static storeFile(path: string, options?: StoreOptions): Model;
+  /** Store the embedded default model (SmolLM2-135M-Instruct Q4_1). */
+  static storeDefault(options?: StoreOptions): Model;
+  readonly id: bigint;
+  readonly closed: boolean;
+  info(): ModelInfo;
+  tensorNames(): string[];
+  tensorInfo(name: string): TensorInfo;
+  /** Dequantized to float32, row-major, with its shape. */
+  tensor(name: string): Float32Array & { readonly shape: readonly number[] };
+  tokenize(text: string, options?: { addSpecial?: boolean; parseSpecial?: boolean }): Int32Array;
+  detokenize(ids: ArrayLike<number>): string;
+  /** The raw bytes of one token (may be part of a UTF-8 character). */
+  tokenPiece(token: number): Buffer;
+  applyChatTemplate(messages: ChatMessage[], options?: { addGenerationPrompt?: boolean }): string;
+  createSession(options?: { nCtx?: number }): Session;
+  /** Drop this object's reference (the last frees the model).  Idempotent; REALM_E_BUSY while sessions use it. */
+  close(): void;
+  remove(): void;
+}
+
+export interface SamplerOptions {
+  /** 0 = greedy (default) */
+  temperature?: number;
+  /** 0 = off */
+  topK?: number;
+  /** 1 = off */
+  topP?: number;
+  /** 0 = off */
+  minP?: number;
+  /** 1 = off */
+  repetitionPenalty?: number;
+  /** same seed, same tokens; default: a fresh random seed */
+  seed?: bigint | number;
+}
+
+export interface GenerateOptions extends SamplerOptions {
+  /** default 256 */
+  maxTokens?: number;
+  /** generation stops before the first match; the stop string is not part of the text */
+  stop?: string | string[];
+  /** abort: iteration and .result reject with signal.reason */
+  signal?: AbortSignal;
+}
+
+export interface Completion {
+  text: string;
+  tokenIds: number[];
+  finishReason: 'stop' | 'eos' | 'length' | 'cancelled';
+  nPrompt: number;
+  nGenerated: number;
+}
+
+/** One generate() call, running on a libuv pool thread: an async iterable of text pieces. */
+export class Generation implements AsyncIterable<string> {
+  readonly result: Promise<Completion>;
+  /** Stop after the current token; .result resolves with finishReason 'cancelled'. */
+  cancel(): void;
+  [Symbol.asyncIterator](): AsyncIterator<string>;
+}
+
+export class Session {
+  static create(model: Model, options?: { nCtx?: number }): Session;
+  readonly id: bigint;
+  readonly model: Model;
+  readonly closed: boolean;
+  /** Positions cached: where the next decode starts. */
+  readonly nTokens: number;
+  readonly nCtx: number;
+  /** ids[T] -> [T x D] */
+  embedTokens(ids: ArrayLike<number>): Float32Array;
+  /** hidden [T x D] at positions [pos, pos + T) through one layer -> [T x D] */
+  forwardLayer(layer: number, hidden: Float32Array | ArrayLike<number>, pos: number): Float32Array;
+  /** hidden [T x D] -> logits [T x V] */
+  computeLogits(hidden: Float32Array | ArrayLike<number>): Float32Array;
+  /** Append ids[T] -> logits of the last token [V], or [T x V] with allLogits. */
+  decode(ids: ArrayLike<number>, options?: { allLogits?: boolean }): Float32Array;
+  reset(): void;
+  truncate(n: number): void;
+  fork(): Session;
+  /** Does not block the event loop.  The session keeps the prompt and the generated tokens. */
+  generate(prompt: string | ArrayLike<number>, options?: GenerateOptions): Generation;
+  /** Idempotent; REALM_E_BUSY while generate() runs on it. */
+  close(): void;
+  free(): void;
+}
+
+export class Sampler {
+  constructor(options?: SamplerOptions);
+  readonly id: bigint;
+  /** Pick a token from logits [V], given the tokens seen so far. */
+  sample(logits: Float32Array | ArrayLike<number>, history?: ArrayLike<number>): number;
+  close(): void;
+}
+
+/** The k largest logits, descending (ties to the lower id). */
+export function topK(logits: Float32Array | ArrayLike<number>, k: number): { values: Float32Array; ids: Int32Array };
+
+declare const realm: {
+  Realm: typeof Realm; Model: typeof Model; Session: typeof Session; Generation: typeof Generation;
+  Sampler: typeof Sampler; RealmError: typeof RealmError; ErrorCode: typeof ErrorCode;
+  topK: typeof topK; ABI_VERSION: number;
+};
+export default realm;
