@@ -108,6 +108,7 @@ class Model:
             "tensor_bytes": sum(by_type.values()), "bytes_by_type": dict(by_type),
             "has_chat_template": isinstance(md.get("tokenizer.chat_template"), str),
             "bos_id": md.get("tokenizer.ggml.bos_token_id"), "eos_id": md.get("tokenizer.ggml.eos_token_id"),
+            "eot_ids": sorted(self.tokenizer.eot_ids),
             "source": "path" if self.path else "bytes", "path": self.path,
         }
 
