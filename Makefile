@@ -5,11 +5,25 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.realm-setup
 
-.PHONY: setup guests run test bench clean
+.PHONY: setup tools guests run test test-python test-go test-node bench clean
 
 LIB    := realm_embed/librealm.so
 
+JS     := bindings/js
+NODE_MODULES := $(JS)/node_modules/.package-lock.json
+
 setup: $(STAMP) $(LIB) guests
+
+# System tools the tests need beyond Python: Go (cgo binding), pkg-config, clang + lld (wasm
+# guests).  Installed from Debian when missing; Node 20 and npm come with the machine.
+APT_NEEDS := $(if $(shell command -v go),,golang-go) $(if $(shell command -v pkg-config),,pkg-config) \
+             $(if $(shell command -v clang),,clang) $(if $(shell command -v wasm-ld),,lld)
+tools:
+	@if [ -n "$(strip $(APT_NEEDS))" ]; then \
+	  echo "installing $(strip $(APT_NEEDS)) from Debian"; \
+	  export DEBIAN_FRONTEND=noninteractive; SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $(APT_NEEDS) >/dev/null; fi
+	@command -v npm >/dev/null || { echo "npm not found: install Node.js 20 or newer" >&2; exit 1; }
 
 # The reference wasm guests are shipped built in realm_embed/guests/; rebuild them where clang is.
 guests:
@@ -33,11 +47,23 @@ $(LIB): include/realm.h capi/realm_capi.c capi/build_capi.py capi/header.py | $(
 run: setup
 	$(VENV)/bin/realm run
 
-test: setup
+$(NODE_MODULES): $(JS)/package.json $(JS)/package-lock.json
+	cd $(JS) && npm ci --ignore-scripts --no-audit --no-fund
+
+test: tools setup $(NODE_MODULES)
+	$(MAKE) test-python test-go test-node
+
+test-python: setup
 	$(PY) -m pytest -q tests
 
-bench: setup
+test-go: setup
+	$(MAKE) -C bindings/go test PY=$(abspath $(PY))
+
+test-node: setup $(NODE_MODULES)
+	cd $(JS) && REALM_PYTHON=$(abspath $(PY)) npm test
+
+bench: setup $(NODE_MODULES)
 	$(PY) bench/bench_python.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info realm_embed/librealm.so realm_embed/realm.pc
+	rm -rf $(VENV) build *.egg-info realm_embed/librealm.so realm_embed/realm.pc $(JS)/node_modules
