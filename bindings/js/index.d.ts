@@ -180,9 +180,154 @@ export class Sampler {
 /** The k largest logits, descending (ties to the lower id). */
 export function topK(logits: Float32Array | ArrayLike<number>, k: number): { values: Float32Array; ids: Int32Array };
 
+// ---- WebAssembly guests (bindings/wasm/realm_guest.h), each tenant in its own worker_thread ----
+
+/** The host's REALM_GUEST_ABI_VERSION. */
+export const GUEST_ABI_VERSION: number;
+
+/** The module cannot run on this host (an unknown import, a wrong signature, no memory): REALM_E_UNSUPPORTED. */
+export class GuestAbiError extends RealmError {}
+/** The call into the guest was stopped. */
+export class GuestStop extends RealmError {
+  readonly reason: 'fault' | 'trap' | 'deadline' | 'memory' | 'cancelled';
+}
+/** An import got a pointer or length outside guest memory (a trap): REALM_E_ARG. */
+export class GuestFault extends GuestStop {}
+/** The guest trapped on its own (unreachable, stack overflow, out-of-bounds load): REALM_E_ARG. */
+export class GuestTrap extends GuestStop {}
+/** A limit stopped the guest (deadline, memory) or the host cancelled the call: REALM_E_LIMIT. */
+export class GuestLimitError extends GuestStop {}
+
+/** Per-tenant limits; the per-call ones reset at every call into the guest. */
+export interface GuestLimits {
+  /** the guest's linear memory (default 64): memory.grow past it returns -1 */
+  memoryMiB?: number;
+  /** wall clock per call into the guest (default 300000); a runaway worker is terminated */
+  timeoutMs?: number;
+  /** time inside imports per call (default 300000), then REALM_E_LIMIT */
+  hostTimeMs?: number;
+  /** live sessions (default 8) */
+  maxSessions?: number;
+  /** sum of n_ctx over live sessions (default 32768) */
+  maxKvTokens?: number;
+  /** realm_emit bytes per call (default 1 MiB) */
+  maxOutputBytes?: number;
+  /** realm_log bytes per call (default 64 KiB) */
+  maxLogBytes?: number;
+}
+
+export interface TenantOptions extends GuestLimits {
+  name?: string;
+  /** text the guest emits (realm_emit), decoded as UTF-8 across calls; an exception cancels the call */
+  onText?: (text: string) => void;
+  /** the guest's realm_log lines (default: WARN and ERROR to stderr) */
+  onLog?: (level: number, text: string) => void;
+}
+
+export interface GuestGenerateOptions {
+  /** the guest's extra string: the stop string of "generate", the banned word of "ban_word" */
+  extra?: string;
+  /** default 256 */
+  maxTokens?: number;
+  /** default true: the guest applies the chat template */
+  chat?: boolean;
+  /** realm_decode instead of the layer loop */
+  fused?: boolean;
+  /** sample on all V logits instead of the host's top-k */
+  fullLogits?: boolean;
+  temperature?: number;
+  topK?: number;
+  topP?: number;
+  seed?: bigint | number;
+  onText?: (text: string) => void;
+  signal?: AbortSignal;
+}
+
+export interface GuestResult {
+  text: string;
+  tokenIds: number[];
+  finishReason: 'stop' | 'eos' | 'length' | 'cancelled' | 'error';
+  nPrompt: number;
+  seconds: number;
+  /** import calls, time inside them, and inside the runtime's compute calls */
+  hostCalls: number;
+  hostSeconds: number;
+  computeSeconds: number;
+  /** the guest's linear memory after the call */
+  memoryBytes: number;
+}
+
+export interface TenantState {
+  lastError: string;
+  lastFailure: string;
+  memoryBytes: number;
+  sessions: bigint[];
+  hostCalls: number;
+  hostSeconds: number;
+  computeSeconds: number;
+  importCalls: Record<string, number>;
+}
+
+/** A compiled, checked guest; shareable by any number of tenants. */
+export class GuestModule {
+  readonly module: WebAssembly.Module;
+  readonly abi: number | null;
+  readonly memory: { min: number; max: number | null };
+  readonly memoryWasImported: boolean;
+  readonly exports: readonly string[];
+  readonly size: number;
+}
+
+export type GuestSource = Uint8Array | ArrayBuffer | string | URL | GuestModule;
+
+export class GuestHost {
+  constructor(limits?: GuestLimits);
+  static readonly abiVersion: number;
+  static readonly imports: Record<string, { params: string[]; results: string[] }>;
+  readonly limits: Readonly<Required<GuestLimits>>;
+  /** .wasm bytes, a path, or a shipped guest's name ("generate", "ban_word") */
+  load(source: GuestSource): GuestModule;
+  tenant(guest: GuestSource, model: Model | bigint | number, options?: TenantOptions): Promise<Tenant>;
+  close(): Promise<void>;
+}
+
+export class Tenant {
+  readonly name: string;
+  onText: ((text: string) => void) | null;
+  onLog: ((level: number, text: string) => void) | null;
+  readonly guest: GuestModule;
+  readonly limits: Readonly<Required<GuestLimits>>;
+  readonly closed: boolean;
+  readonly modelId: bigint;
+  readonly lastError: string;
+  readonly lastFailure: string;
+  readonly memoryBytes: number;
+  readonly sessionIds: bigint[];
+  readonly output: Buffer;
+  readonly stats: { hostCalls: number; hostSeconds: number; computeSeconds: number; importCalls: Record<string, number>; restarts: number };
+  call(name: string, ...args: Array<number | bigint>): Promise<number | bigint | undefined>;
+  read(ptr: number, n: number): Promise<Buffer>;
+  write(ptr: number, bytes: Uint8Array): Promise<void>;
+  state(): Promise<TenantState>;
+  generate(prompt: string, options?: GuestGenerateOptions): Promise<GuestResult>;
+  close(): Promise<void>;
+}
+
+/** Run a generator guest once in a fresh tenant (default model: the embedded one). */
+export function runGuest(source?: GuestSource, options?: GuestGenerateOptions & TenantOptions & {
+  model?: Model | bigint | number; prompt?: string;
+}): Promise<GuestResult>;
+
+/** The path of a shipped guest (next to librealm.so, in the Python package). */
+export function guestPath(name?: string): string;
+
 declare const realm: {
   Realm: typeof Realm; Model: typeof Model; Session: typeof Session; Generation: typeof Generation;
   Sampler: typeof Sampler; RealmError: typeof RealmError; ErrorCode: typeof ErrorCode;
   topK: typeof topK; ABI_VERSION: number;
+  GuestHost: typeof GuestHost; GuestModule: typeof GuestModule; Tenant: typeof Tenant; runGuest: typeof runGuest;
+  guestPath: typeof guestPath; GuestAbiError: typeof GuestAbiError; GuestStop: typeof GuestStop;
+  GuestFault: typeof GuestFault; GuestTrap: typeof GuestTrap; GuestLimitError: typeof GuestLimitError;
+  GUEST_ABI_VERSION: number;
 };
 export default realm;

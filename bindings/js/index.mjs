@@ -3,5 +3,7 @@ import realm from './lib/realm.cjs';
 
 export const {
   Realm, Model, Session, Generation, Sampler, RealmError, ErrorCode, topK, ABI_VERSION,
+  GuestHost, GuestModule, Tenant, runGuest, guestPath, GuestAbiError, GuestStop, GuestFault, GuestTrap,
+  GuestLimitError, GUEST_ABI_VERSION,
 } = realm;
 export default realm;

@@ -414,7 +414,15 @@ class Session {
   }
 }
 
+// WebAssembly guests (lib/guest.cjs): the same "realm" imports as the Python host, each tenant in
+// its own worker_thread.
+const guest = require('./guest.cjs');
+
 module.exports = {
   Realm, Model, Session, Generation, Sampler, RealmError, ErrorCode, topK,
   ABI_VERSION: native.ABI_VERSION,
+  GuestHost: guest.GuestHost, GuestModule: guest.GuestModule, Tenant: guest.Tenant, runGuest: guest.runGuest,
+  guestPath: guest.guestPath, GuestAbiError: guest.GuestAbiError, GuestStop: guest.GuestStop,
+  GuestFault: guest.GuestFault, GuestTrap: guest.GuestTrap, GuestLimitError: guest.GuestLimitError,
+  GUEST_ABI_VERSION: guest.GUEST_ABI_VERSION,
 };

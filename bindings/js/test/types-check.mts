@@ -1,6 +1,8 @@
 // Compiled by native.test.cjs with tsc --noEmit --strict: index.d.ts must describe the real API.
-import realm, { ErrorCode, Model, Realm, RealmError, Sampler, Session, topK } from 'realm-embed';
-import type { Completion, GenerateOptions, ModelInfo } from 'realm-embed';
+import realm, {
+  ErrorCode, GuestAbiError, GuestHost, GuestLimitError, Model, Realm, RealmError, Sampler, Session, Tenant, topK, runGuest,
+} from 'realm-embed';
+import type { Completion, GenerateOptions, GuestModule, GuestResult, ModelInfo } from 'realm-embed';
 
 export async function demo(): Promise<string> {
   Realm.init();
@@ -38,4 +40,26 @@ export async function demo(): Promise<string> {
     if (e instanceof RealmError && e.code === ErrorCode.IO) out += e.codeName;
   }
   return `${v} ${n} ${text} ${shape.length} ${out} ${done.finishReason} ${tok} ${realm.ABI_VERSION}`;
+}
+
+export async function guests(model: Model): Promise<string> {
+  const host = new GuestHost({ memoryMiB: 16, timeoutMs: 5000 });
+  const g: GuestModule = host.load('generate');
+  const t: Tenant = await host.tenant(g, model, { name: 'a', onText: (s: string) => void s });
+  const r: GuestResult = await t.generate('Hi', { maxTokens: 4, fused: true, seed: 1n, signal: AbortSignal.timeout(1000) });
+  const rc = await t.call('abi_version');
+  const bytes: Buffer = await t.read(0, 16);
+  await t.write(0, bytes);
+  const st = await t.state();
+  await t.close();
+  await host.close();
+  const one: GuestResult = await runGuest('generate', { model, prompt: 'Hi', maxTokens: 2, memoryMiB: 8 });
+  let why = '';
+  try {
+    host.load(new Uint8Array(4));
+  } catch (e) {
+    if (e instanceof GuestAbiError) why = e.message;
+    if (e instanceof GuestLimitError) why = e.reason;
+  }
+  return `${r.text} ${r.tokenIds.length} ${String(rc)} ${st.sessions.length} ${one.finishReason} ${why} ${GuestHost.abiVersion} ${realm.GUEST_ABI_VERSION}`;
 }
