@@ -62,8 +62,11 @@ test-go: setup
 test-node: setup $(NODE_MODULES)
 	cd $(JS) && REALM_PYTHON=$(abspath $(PY)) npm test
 
+# Every speed number in one run (bench/run_all.py): realm exact/fast, the host paths, llama.cpp
+# (built once into ~/.cache/realm-bench) and transformers; BENCH_ARGS="--quick" for a short run.
 bench: setup $(NODE_MODULES)
-	$(PY) bench/bench_python.py
+	$(PY) -c 'import matplotlib' 2>/dev/null || $(PIP) install -q -e '.[test,bench]'
+	$(PY) bench/run_all.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info realm_embed/librealm.so realm_embed/realm.pc $(JS)/node_modules

@@ -27,7 +27,7 @@ def _store(path):
 def cmd_run(args) -> int:
     import realm_embed as realm
     mid = _store(args.model)
-    session = realm.create_session(mid, args.n_ctx, device=args.device)
+    session = realm.create_session(mid, args.n_ctx, device=args.device, precision=args.precision)
     prompt = args.prompt or DEFAULT_QUESTION
     if not args.raw:
         messages = ([{"role": "system", "content": args.system}] if args.system else []) + \
@@ -67,6 +67,11 @@ def cmd_info(args) -> int:
     return 0
 
 
+def cmd_guest(args) -> int:
+    from .wasm import runner
+    return runner.main(args)
+
+
 def cmd_config(args) -> int:
     from . import buildinfo
     return buildinfo.main(args.flags)
@@ -91,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     run.add_argument("--n-ctx", type=int, default=0, help="context size (default: min(2048, model's))")
     run.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    run.add_argument("--precision", choices=("exact", "fast"), default="exact",
+                     help="exact: f32 weights (default); fast: 4-bit kernels, bf16 activations")
     run.add_argument("-v", "--verbose", action="store_true", help="print token counts and timing to stderr")
     run.set_defaults(func=cmd_run)
 
@@ -99,6 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--tensors", action="store_true", help="list every tensor")
     info.set_defaults(func=cmd_info)
 
+    guest = sub.add_parser("guest", help="run a WebAssembly guest (the reference generator by default) "
+                                         "as N sandboxed tenants on one model")
+    from .wasm.runner import add_arguments
+    add_arguments(guest)
+    guest.set_defaults(func=cmd_guest)
+
     config = sub.add_parser("config", help="build flags for C hosts: --cflags --libs --libdir --pkgconfig")
     config.add_argument("flags", nargs=argparse.REMAINDER)
     config.set_defaults(func=cmd_config)
@@ -106,6 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["config"]:          # its flags look like options: argparse would reject them
+        from . import buildinfo
+        return buildinfo.main(argv[1:])
     args = build_parser().parse_args(argv)
     from .errors import RealmError
     try:

@@ -109,6 +109,13 @@ class Transformer:
         h = rms_norm(x, self.w.get("output_norm.weight"), self.cfg.rms_eps)
         return self.w.linear(h, "token_embd.weight" if self.cfg.tied_output else "output.weight")
 
+    def forward(self, ids: torch.Tensor, pos: int, kv, all_logits: bool) -> torch.Tensor:
+        """ids [T] at positions [pos, pos+T) through every layer -> logits [T, V] (or [1, V])."""
+        x = self.embed(ids)
+        for i in range(self.cfg.n_layer):
+            x = self.layer(i, x, pos, kv)
+        return self.logits(x if all_logits else x[-1:])
+
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: int) -> torch.Tensor:
     """q: [H, T, Dh], k/v: [Hkv, S, Dh] with S = pos + T  ->  [H, T, Dh]."""
@@ -124,16 +131,23 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: int) -> to
                                           enable_gqa=q.shape[0] != k.shape[0])[0]
 
 
-_TRANSFORMERS: dict[tuple[int, str], Transformer] = {}
+_TRANSFORMERS: dict[tuple[int, str, str], Transformer] = {}
 _LOCK = threading.Lock()
+PRECISIONS = ("exact", "fast")
 
 
-def transformer_for(model: Model, device: torch.device) -> Transformer:
-    key = (model.id, str(device))
+def transformer_for(model: Model, device: torch.device, precision: str = "exact") -> Transformer:
+    """The shared compute for (model, device, precision): "exact" (f32) or "fast" (4-bit, fast.py)."""
+    key = (model.id, str(device), precision)
     with _LOCK:
         t = _TRANSFORMERS.get(key)
         if t is None or t.model is not model:
-            t = _TRANSFORMERS[key] = Transformer(model, device)
+            if precision == "fast":
+                from .fast import FastTransformer
+                t = FastTransformer(model, device)
+            else:
+                t = Transformer(model, device)
+            _TRANSFORMERS[key] = t
         return t
 
 

@@ -11,7 +11,7 @@ import threading
 import torch
 
 from .errors import ArgumentError, NotFoundError, RangeError
-from .model import transformer_for
+from .model import PRECISIONS, transformer_for
 from .storage import REGISTRY, Model
 
 DEFAULT_N_CTX = 2048
@@ -24,16 +24,18 @@ class KVCache:
     def __init__(self, n_layer: int, n_head_kv: int, n_ctx: int, head_dim: int, device, dtype=torch.float32):
         self.k = torch.empty(n_layer, n_head_kv, n_ctx, head_dim, device=device, dtype=dtype)
         self.v = torch.empty_like(self.k)
+        self.layers = list(zip(self.k.unbind(0), self.v.unbind(0)))   # per-layer views [Hkv, n_ctx, Dh]
         self.filled = [0] * n_layer      # valid positions per layer
 
     def update(self, layer: int, pos: int, k: torch.Tensor, v: torch.Tensor):
         """Write k, v: [Hkv, T, Dh] at [pos, pos+T); later positions of that layer are dropped.
         Returns the layer's keys and values [Hkv, S, Dh], S = pos + T."""
         end = pos + k.shape[1]
-        self.k[layer, :, pos:end] = k
-        self.v[layer, :, pos:end] = v
+        lk, lv = self.layers[layer]
+        lk[:, pos:end] = k
+        lv[:, pos:end] = v
         self.filled[layer] = end
-        return self.k[layer, :, :end], self.v[layer, :, :end]
+        return lk[:, :end], lv[:, :end]
 
     def truncate(self, n: int) -> None:
         self.filled = [min(f, n) for f in self.filled]
@@ -60,16 +62,17 @@ class Session:
 
     _ids = itertools.count(1)
 
-    def __init__(self, model: Model, n_ctx: int, device: torch.device):
+    def __init__(self, model: Model, n_ctx: int, device: torch.device, precision: str = "exact"):
         cfg = model.config
         self.id = next(Session._ids)      # never reused within the process
         self.model = model
         self.n_ctx = n_ctx
         self.device = device
+        self.precision = precision
         self.kv = KVCache(cfg.n_layer, cfg.n_head_kv, n_ctx, cfg.head_dim, device)
         self.lock = threading.RLock()
         self.closed = False
-        self.tf = transformer_for(model, device)
+        self.tf = transformer_for(model, device, precision)
 
     @property
     def model_id(self) -> int:
@@ -81,7 +84,8 @@ class Session:
         return min(self.kv.filled)
 
     def __repr__(self):
-        return f"<Session {self.id} model={self.model.id:#x} tokens={self.n_tokens}/{self.n_ctx}>"
+        return (f"<Session {self.id} model={self.model.id:#x} tokens={self.n_tokens}/{self.n_ctx} "
+                f"{self.precision}>")
 
 
 class SessionTable:
@@ -89,14 +93,16 @@ class SessionTable:
         self._lock = threading.Lock()
         self._live: dict[int, Session] = {}
 
-    def create(self, model_id, n_ctx: int = 0, device=None) -> Session:
+    def create(self, model_id, n_ctx: int = 0, device=None, precision: str = "exact") -> Session:
         model = REGISTRY.get(model_id)
+        if precision not in PRECISIONS:
+            raise ArgumentError(f"precision must be one of {', '.join(map(repr, PRECISIONS))}, got {precision!r}")
         if isinstance(n_ctx, bool) or not isinstance(n_ctx, int) or n_ctx < 0:
             raise ArgumentError(f"n_ctx must be a non-negative integer, got {n_ctx!r}")
         n_ctx = n_ctx or min(DEFAULT_N_CTX, model.config.n_ctx_train)
         if n_ctx > model.config.n_ctx_train:
             raise RangeError(f"n_ctx {n_ctx} exceeds the model's context length {model.config.n_ctx_train}")
-        s = Session(model, n_ctx, _device(device))
+        s = Session(model, n_ctx, _device(device), precision)
         self._register(s)
         return s
 
@@ -137,7 +143,7 @@ class SessionTable:
     def fork(self, session) -> Session:
         s = self.get(session)
         with s.lock:
-            child = Session(s.model, s.n_ctx, s.device)
+            child = Session(s.model, s.n_ctx, s.device, s.precision)
             n = max(s.kv.filled)
             child.kv.k[:, :, :n] = s.kv.k[:, :, :n]
             child.kv.v[:, :, :n] = s.kv.v[:, :, :n]
@@ -263,10 +269,8 @@ def decode(session, ids, *, all_logits: bool = False) -> torch.Tensor:
         _check_span(s, pos, ids.shape[0])
         saved = s.kv.snapshot(pos, pos + ids.shape[0], range(s.model.config.n_layer))
         try:
-            x = s.tf.embed(ids)
-            for i in range(s.model.config.n_layer):
-                x = s.tf.layer(i, x, pos, s.kv)
-            return s.tf.logits(x) if all_logits else s.tf.logits(x[-1:])[0]
+            logits = s.tf.forward(ids, pos, s.kv, all_logits)
+            return logits if all_logits else logits[0]
         except BaseException:
             s.kv.restore(saved, pos)
             raise
