@@ -99,7 +99,7 @@ def load(path=None) -> ctypes.CDLL:
     return lib
 
 
-def sampler_params(**fields) -> "SamplerParams":
+def sampler_params(**fields):
     p = STRUCTS["realm_sampler_params"]()
     p.top_k, p.temperature, p.top_p, p.min_p, p.repetition_penalty = 0, 0.0, 1.0, 0.0, 1.0
     p.seed = DEFINES["REALM_SEED_RANDOM"]

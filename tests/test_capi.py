@@ -13,7 +13,6 @@ import ctypes as C
 import json
 import re
 import subprocess
-import sys
 from ctypes import byref, c_int32, c_size_t, c_uint32, c_uint64
 from pathlib import Path
 

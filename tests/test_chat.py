@@ -3,7 +3,6 @@
 import importlib.util
 import json
 import os
-from pathlib import Path
 
 import pytest
 
@@ -12,7 +11,6 @@ from realm_embed.chat import render_chat
 from realm_embed.errors import ArgumentError, FormatError
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-REFERENCE = Path("/work/shared/data/smollm2-q4_1-reference-transformers.json")
 
 CONVERSATIONS = [
     [{"role": "user", "content": "What is the capital of France?"}],
@@ -44,8 +42,8 @@ def hf_tok(smol_path):
     return transformers.AutoTokenizer.from_pretrained(folder, gguf_file=name)
 
 
-def test_reference_prompt(template):
-    ref = json.loads(REFERENCE.read_text())
+def test_reference_prompt(template, reference):
+    ref = reference
     assert render_chat(template, [{"role": "user", "content": "What is the capital of France?"}]) == ref["prompt_text"]
 
 

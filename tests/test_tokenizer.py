@@ -2,9 +2,7 @@
 and a tiny SentencePiece vocabulary written with gguf.GGUFWriter round-trips and matches too."""
 
 import importlib.util
-import json
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +12,6 @@ from realm_embed.errors import ArgumentError, FormatError, RangeError, Unsupport
 from realm_embed.tokenizer import Tokenizer
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-REFERENCE = Path("/work/shared/data/smollm2-q4_1-reference-transformers.json")
 
 CORPUS = [
     "Hello world",
@@ -94,8 +91,8 @@ def test_parse_special_off_matches_transformers(tok, hf_tok, text):
     assert tok.decode(ids) == text
 
 
-def test_reference_prompt_ids(tok):
-    ref = json.loads(REFERENCE.read_text())
+def test_reference_prompt_ids(tok, reference):
+    ref = reference
     assert tok.encode(ref["prompt_text"]) == ref["prompt_ids"]
     assert tok.encode(ref["raw"]["prompt_text"]) == ref["raw"]["prompt_ids"]
     assert tok.decode(ref["greedy_new_ids"], skip_special=True) == ref["greedy_text"]
