@@ -21,6 +21,7 @@ HEADER = ROOT / "include" / "realm.h"
 PURE_C = frozenset({
     "realm_init", "realm_version", "realm_version_number", "realm_abi_version", "realm_errstr",
     "realm_last_error", "realm_sampler_params_default", "realm_generate_params_default",
+    "realm_session_params_default",
 })
 
 _PARSE_PRELUDE = """

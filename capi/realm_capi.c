@@ -34,6 +34,7 @@ _Static_assert(sizeof(realm_tensor_info) == REALM_TENSOR_INFO_SIZE_V1, "realm_te
 _Static_assert(sizeof(realm_sampler_params) == REALM_SAMPLER_PARAMS_SIZE_V1, "realm_sampler_params layout");
 _Static_assert(sizeof(realm_generate_params) == REALM_GENERATE_PARAMS_SIZE_V1, "realm_generate_params layout");
 _Static_assert(sizeof(realm_generate_result) == REALM_GENERATE_RESULT_SIZE_V1, "realm_generate_result layout");
+_Static_assert(sizeof(realm_session_params) == REALM_SESSION_PARAMS_SIZE_V1, "realm_session_params layout");
 
 /* ==== errors: one message per OS thread ==================================================== */
 
@@ -565,6 +566,27 @@ int32_t realm_session_create(uint64_t model, uint32_t n_ctx, uint64_t *session_o
     REALM_ENTER(err);
     REALM_NONNULL(session_out, err);
     return realm_leave(err, _py_realm_session_create(model, n_ctx, session_out));
+}
+
+void realm_session_params_default(realm_session_params *params)
+{
+    static const realm_session_params defaults = REALM_SESSION_PARAMS_INIT;
+    if (params != NULL)
+        *params = defaults;
+}
+
+int32_t realm_session_create_ex(uint64_t model, const realm_session_params *params, uint64_t *session_out,
+                                realm_error *err)
+{
+    realm_session_params full;
+    REALM_ENTER(err);
+    REALM_NONNULL(session_out, err);
+    realm_session_params_default(&full);
+    if (params != NULL) {
+        REALM_STRUCT(params, REALM_SESSION_PARAMS_SIZE_V1, realm_session_params, err);
+        realm_copy_in(&full, params, sizeof full);
+    }
+    return realm_leave(err, _py_realm_session_create_ex(model, &full, session_out));
 }
 
 int32_t realm_session_fork(uint64_t session, uint64_t *session_out, realm_error *err)

@@ -280,7 +280,36 @@ REALM_API int32_t realm_tensor_get_f32(uint64_t model, const char *name, float *
 REALM_API int32_t realm_session_create(uint64_t model, uint32_t n_ctx, uint64_t *session_out,
                                        realm_error *err);
 
-/* A new session on the same model holding a copy of this one's cache.
+/* Precisions of realm_session_params (the Python API's precision="exact" | "fast"). */
+#define REALM_PRECISION_EXACT 0   /* weights dequantized to f32 (realm_session_create's precision) */
+#define REALM_PRECISION_FAST  1   /* 4-bit weights through int4 kernels, bf16 activations: logits
+                                     ~0.07 from exact on average, the top ones recomputed in f32 */
+
+/* Options of realm_session_create_ex: start from REALM_SESSION_PARAMS_INIT or
+ * realm_session_params_default(). */
+typedef struct realm_session_params {
+    uint32_t struct_size;     /* sizeof(realm_session_params) */
+    uint32_t n_ctx;           /* 0 = the default (min(2048, n_ctx_train)) */
+    int32_t  precision;       /* REALM_PRECISION_*; default REALM_PRECISION_EXACT */
+    const char *device;       /* NUL-terminated "cpu", "cuda" or "cuda:N", borrowed for the call;
+                                 NULL = "cpu" */
+} realm_session_params;
+#define REALM_SESSION_PARAMS_SIZE_V1 24
+
+/* Fill *params with the defaults (n_ctx 0, exact, cpu).  NULL: no-op. */
+REALM_API void realm_session_params_default(realm_session_params *params);
+
+/* realm_session_create with options: context size, precision and device.  params: borrowed;
+ * NULL = the defaults (then it equals realm_session_create(model, 0, ...)).
+ * Returns: REALM_OK and *session_out; REALM_E_NOT_FOUND (model); REALM_E_RANGE
+ * (n_ctx > n_ctx_train); REALM_E_ARG (session_out NULL, params->struct_size <
+ * REALM_SESSION_PARAMS_SIZE_V1, an unknown precision or a malformed device, named with its
+ * value); REALM_E_UNSUPPORTED (a CUDA device where CUDA is not available). */
+REALM_API int32_t realm_session_create_ex(uint64_t model, const realm_session_params *params,
+                                          uint64_t *session_out, realm_error *err);
+
+/* A new session on the same model holding a copy of this one's cache (and its precision and
+ * device).
  * Returns: REALM_OK and *session_out; REALM_E_NOT_FOUND; REALM_E_ARG. */
 REALM_API int32_t realm_session_fork(uint64_t session, uint64_t *session_out, realm_error *err);
 
@@ -497,6 +526,7 @@ REALM_API int32_t realm_generate_tokens(uint64_t session, const int32_t *ids, si
 #define REALM_TENSOR_INFO_INIT      { sizeof(realm_tensor_info), 0, { 0, 0, 0, 0 }, 0, 0, 0, 0 }
 #define REALM_SAMPLER_PARAMS_INIT   { sizeof(realm_sampler_params), 0, 0.0, 1.0, 0.0, 1.0, REALM_SEED_RANDOM }
 #define REALM_GENERATE_PARAMS_INIT  { sizeof(realm_generate_params), 256, NULL, NULL, 0, NULL, NULL }
+#define REALM_SESSION_PARAMS_INIT   { sizeof(realm_session_params), 0, REALM_PRECISION_EXACT, NULL }
 #define REALM_GENERATE_RESULT_INIT  { sizeof(realm_generate_result), 0, 0, 0 }
 #define REALM_ERROR_INIT            { 0, { 0 } }
 

@@ -46,7 +46,7 @@ TokenCallback = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p, ctypes.c_int32
 _STRUCT_NAMES = {
     "realm_error": "Error", "realm_model_info": "ModelInfo", "realm_tensor_info": "TensorInfo",
     "realm_sampler_params": "SamplerParams", "realm_generate_params": "GenerateParams",
-    "realm_generate_result": "GenerateResult",
+    "realm_generate_result": "GenerateResult", "realm_session_params": "SessionParams",
 }
 STRUCTS: dict[str, type] = {}
 

@@ -32,6 +32,7 @@ from .sampling import Sampler, SamplerConfig, top_k_logits
 ABI_VERSION = 1                       # must equal REALM_ABI_VERSION of the header the library was built from
 SEED_RANDOM = (1 << 64) - 1           # REALM_SEED_RANDOM
 FINISH = {"stop": 1, "eos": 2, "length": 3, "cancelled": 4}   # REALM_FINISH_*
+PRECISION = {0: "exact", 1: "fast"}   # REALM_PRECISION_EXACT, REALM_PRECISION_FAST
 DEFAULT_TORCH_THREADS = 1
 
 ffi = None
@@ -235,6 +236,15 @@ def tensor_get_f32(model, name, out, out_cap, n_floats):
 
 def session_create(model, n_ctx, session_out):
     session_out[0] = realm.create_session(model, n_ctx).id
+
+
+def session_create_ex(model, params, session_out):
+    precision = PRECISION.get(params.precision)
+    if precision is None:
+        raise ArgumentError(f"params->precision is {params.precision}, expected REALM_PRECISION_EXACT (0) "
+                            "or REALM_PRECISION_FAST (1)")
+    device = None if params.device == ffi.NULL else _str(params.device, "params->device")
+    session_out[0] = realm.create_session(model, params.n_ctx, device=device, precision=precision).id
 
 
 def session_fork(session, session_out):
@@ -454,7 +464,7 @@ def generate_tokens(session, ids, n_ids, params, result):
 TWINS = {f"realm_{fn.__name__}": fn for fn in (
     model_store, model_store_file, model_store_default, model_remove, model_info_get, model_info_string,
     model_tensor_name, tensor_info_get, tensor_get_f32,
-    session_create, session_fork, session_reset, session_truncate, session_free, session_n_tokens,
+    session_create, session_create_ex, session_fork, session_reset, session_truncate, session_free, session_n_tokens,
     session_n_ctx, session_model,
     embed_tokens, forward_layer, compute_logits, decode,
     tokenize, detokenize, token_piece, chat_template, chat_template_json,

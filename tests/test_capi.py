@@ -208,7 +208,7 @@ def H_str(name):
 def test_struct_layouts_match_the_header_sizes():
     for cname, suffix in [("realm_model_info", "MODEL_INFO"), ("realm_tensor_info", "TENSOR_INFO"),
                           ("realm_sampler_params", "SAMPLER_PARAMS"), ("realm_generate_params", "GENERATE_PARAMS"),
-                          ("realm_generate_result", "GENERATE_RESULT")]:
+                          ("realm_generate_result", "GENERATE_RESULT"), ("realm_session_params", "SESSION_PARAMS")]:
         assert C.sizeof(capi.STRUCTS[cname]) == H[f"REALM_{suffix}_SIZE_V1"], cname
     assert C.sizeof(capi.Error) == 4 + H["REALM_ERROR_MESSAGE_SIZE"]
 
@@ -420,6 +420,72 @@ def test_calls_on_a_freed_session(lib, model, info):
         (lib.realm_generate_tokens, (i32s([1]), 1, None, None)),
     ]:
         fails(E_NOT_FOUND, fn, s, *args, match=f"session {s}")
+
+
+def test_session_create_ex_precision_and_device(lib, model, info):
+    ids = realm.tokenize(model, PROMPT)
+    V = info.n_vocab
+    # the defaults: realm_session_params_default fills the struct as REALM_SESSION_PARAMS_INIT
+    default = capi.SessionParams()
+    default.struct_size = 0
+    lib.realm_session_params_default(byref(default))
+    assert (default.struct_size, default.n_ctx, default.precision, default.device) == \
+        (H["REALM_SESSION_PARAMS_SIZE_V1"], 0, H["REALM_PRECISION_EXACT"], None)
+    lib.realm_session_params_default(None)                  # a no-op
+    # a fast session through the ABI equals the Python API's fast session, bit for bit
+    fast = capi.SessionParams(n_ctx=64, precision=H["REALM_PRECISION_FAST"], device=b"cpu")
+    s = c_uint64(0)
+    ok(lib.realm_session_create_ex, model, byref(fast), byref(s))
+    py = realm.create_session(model, 64, precision="fast")
+    n = c_uint32()
+    try:
+        assert realm.get_session(s.value).precision == "fast"
+        ok(lib.realm_session_n_ctx, s, byref(n))
+        assert n.value == 64
+        out = guarded(V, C.c_float)
+        ok(lib.realm_decode, s, i32s(ids), len(ids), 0, out, V)
+        assert guard_ok(out)
+        expected = realm.decode(py, ids)
+        assert torch.equal(floats(out, V), expected)
+    finally:
+        ok(lib.realm_session_free, s)
+        realm.session_free(py)
+    py = realm.create_session(model, 64)
+    exact = realm.decode(py, ids)
+    realm.session_free(py)
+    assert not torch.equal(expected, exact)                 # fast really is another path
+    # exact by default: NULL params, and params from the defaults
+    for params in (None, byref(default)):
+        ok(lib.realm_session_create_ex, model, params, byref(s))
+        assert realm.get_session(s.value).precision == "exact"
+        assert str(realm.get_session(s.value).device) == "cpu"
+        ok(lib.realm_session_n_ctx, s, byref(n))
+        assert n.value == min(2048, info.n_ctx_train)
+        out = (C.c_float * V)()
+        ok(lib.realm_decode, s, i32s(ids), len(ids), 0, out, V)
+        assert torch.equal(floats(out, V), exact)
+        ok(lib.realm_session_free, s)
+    # misuse: nothing is created
+    bad = capi.SessionParams(precision=7)
+    fails(E_ARG, lib.realm_session_create_ex, model, byref(bad), byref(s),
+          match=r"params->precision is 7, expected REALM_PRECISION_EXACT \(0\) or REALM_PRECISION_FAST \(1\)")
+    fails(E_ARG, lib.realm_session_create_ex, model, byref(default), None, match="session_out is NULL")
+    small = capi.SessionParams()
+    small.struct_size = 8
+    fails(E_ARG, lib.realm_session_create_ex, model, byref(small), byref(s), match="params->struct_size is 8")
+    odd = capi.SessionParams(device=b"tpu")
+    fails(E_ARG, lib.realm_session_create_ex, model, byref(odd), byref(s), match="'tpu'")
+    fails(E_RANGE, lib.realm_session_create_ex, model, byref(capi.SessionParams(n_ctx=info.n_ctx_train + 1)),
+          byref(s), match="n_ctx")
+    fails(E_NOT_FOUND, lib.realm_session_create_ex, 0xDEAD, None, byref(s))
+    cuda = capi.SessionParams(device=b"cuda")
+    if torch.cuda.is_available():
+        ok(lib.realm_session_create_ex, model, byref(cuda), byref(s))
+        assert realm.get_session(s.value).device.type == "cuda"
+        ok(lib.realm_session_free, s)
+    else:
+        fails(H["REALM_E_UNSUPPORTED"], lib.realm_session_create_ex, model, byref(cuda), byref(s),
+              match="CUDA is not available")
 
 
 # ---- compute ---------------------------------------------------------------------------------

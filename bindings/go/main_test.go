@@ -58,6 +58,7 @@ type expected struct {
 	Next       int32   `json:"next"`
 	DecodeNext string  `json:"decode_next"`
 	DecodeAll  string  `json:"decode_all"`
+	DecodeFast string  `json:"decode_fast"`
 	TopK       struct {
 		Values []float32 `json:"values"`
 		IDs    []int32   `json:"ids"`

@@ -212,6 +212,27 @@ func TestDecodeForkTruncateReset(t *testing.T) {
 	sameBits(t, "DecodeAll", must(s.DecodeAll(w.Prompt)), f32(t, w.DecodeAll))
 }
 
+func TestNewSessionWithPrecision(t *testing.T) {
+	w := want(t)
+	s := must(testModel.NewSessionWith(SessionOptions{NCtx: 64, Precision: PrecisionFast, Device: "cpu"}))
+	defer s.Close()
+	if n := must(s.NCtx()); n != 64 {
+		t.Errorf("NCtx = %d", n)
+	}
+	sameBits(t, "Decode (fast)", must(s.Decode(w.Prompt)), f32(t, w.DecodeFast))
+
+	e := must(testModel.NewSessionWith(SessionOptions{})) // the zero value: exact, cpu
+	defer e.Close()
+	sameBits(t, "Decode (exact)", must(e.Decode(w.Prompt)), f32(t, w.DecodeLast))
+
+	_, err := testModel.NewSessionWith(SessionOptions{Precision: Precision(7)})
+	checkErr(t, err, CodeArg, "realm_session_create_ex: params->precision is 7")
+	_, err = testModel.NewSessionWith(SessionOptions{Device: "tpu"})
+	checkErr(t, err, CodeArg, "'tpu'")
+	_, err = testModel.NewSessionWith(SessionOptions{NCtx: -1})
+	checkErr(t, err, CodeArg, "Model.NewSessionWith: NCtx -1")
+}
+
 func TestTopKAndSampler(t *testing.T) {
 	w := want(t)
 	last := f32(t, w.DecodeLast)

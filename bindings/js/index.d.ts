@@ -97,10 +97,22 @@ export class Model {
   /** The raw bytes of one token (may be part of a UTF-8 character). */
   tokenPiece(token: number): Buffer;
   applyChatTemplate(messages: ChatMessage[], options?: { addGenerationPrompt?: boolean }): string;
-  createSession(options?: { nCtx?: number }): Session;
+  /** A new session: nCtx positions (0 = min(2048, nCtxTrain)); precision 'exact' (default) or
+   *  'fast' (4-bit weights, bf16 activations); device 'cpu' (default), 'cuda' or 'cuda:N'
+   *  (REALM_E_UNSUPPORTED without CUDA). */
+  createSession(options?: SessionOptions): Session;
   /** Drop this object's reference (the last frees the model).  Idempotent; REALM_E_BUSY while sessions use it. */
   close(): void;
   remove(): void;
+}
+
+export interface SessionOptions {
+  /** Positions of the KV cache; 0 (default) = min(2048, nCtxTrain). */
+  nCtx?: number;
+  /** 'exact' (default): f32 weights; 'fast': 4-bit weights through int4 kernels, bf16 activations. */
+  precision?: 'exact' | 'fast';
+  /** 'cpu' (default), 'cuda' or 'cuda:N'. */
+  device?: string | null;
 }
 
 export interface SamplerOptions {
@@ -144,7 +156,7 @@ export class Generation implements AsyncIterable<string> {
 }
 
 export class Session {
-  static create(model: Model, options?: { nCtx?: number }): Session;
+  static create(model: Model, options?: SessionOptions): Session;
   readonly id: bigint;
   readonly model: Model;
   readonly closed: boolean;

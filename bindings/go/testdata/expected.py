@@ -79,6 +79,10 @@ s = realm.create_session(mid, 64)
 out["decode_all"] = f32(realm.decode(s, prompt, all_logits=True))
 realm.session_free(s)
 
+s = realm.create_session(mid, 64, precision="fast")
+out["decode_fast"] = f32(realm.decode(s, prompt))
+realm.session_free(s)
+
 # top-k and a seeded sampler on the prompt's last logits
 vals, idx = top_k_logits(last, 5)
 out["topk"] = {"values": [float(v) for v in vals], "ids": [int(i) for i in idx]}

@@ -45,6 +45,9 @@ const CONSTANTS = Object.freeze({
   REALM_MODEL_NAME: 2,
   REALM_MODEL_INFO_JSON: 3,
   REALM_TENSOR_INFO_SIZE_V1: 64,
+  REALM_PRECISION_EXACT: 0,
+  REALM_PRECISION_FAST: 1,
+  REALM_SESSION_PARAMS_SIZE_V1: 24,
   REALM_DECODE_ALL_LOGITS: 1,
   REALM_TOKENIZE_ADD_SPECIAL: 1,
   REALM_TOKENIZE_PARSE_SPECIAL: 2,
@@ -86,6 +89,8 @@ const DECLARATIONS = [
   'int32_t realm_tensor_info_get(uint64_t model, const char *name, realm_tensor_info *info, realm_error *err)',
   'int32_t realm_tensor_get_f32(uint64_t model, const char *name, float *out, size_t out_cap, size_t *n_floats, realm_error *err)',
   'int32_t realm_session_create(uint64_t model, uint32_t n_ctx, uint64_t *session_out, realm_error *err)',
+  'void realm_session_params_default(realm_session_params *params)',
+  'int32_t realm_session_create_ex(uint64_t model, const realm_session_params *params, uint64_t *session_out, realm_error *err)',
   'int32_t realm_session_fork(uint64_t session, uint64_t *session_out, realm_error *err)',
   'int32_t realm_session_reset(uint64_t session, realm_error *err)',
   'int32_t realm_session_truncate(uint64_t session, uint32_t n_tokens, realm_error *err)',
@@ -127,6 +132,9 @@ types.realm_model_info = koffi.struct('realm_model_info', {
 types.realm_tensor_info = koffi.struct('realm_tensor_info', {
   struct_size: 'uint32_t', n_dims: 'uint32_t', shape: koffi.array('uint64_t', 4, 'Array'),
   n_elements: 'uint64_t', ggml_type: 'uint32_t', reserved: 'uint32_t', n_bytes: 'uint64_t',
+});
+types.realm_session_params = koffi.struct('realm_session_params', {
+  struct_size: 'uint32_t', n_ctx: 'uint32_t', precision: 'int32_t', device: 'const char *',
 });
 types.realm_sampler_params = koffi.struct('realm_sampler_params', {
   struct_size: 'uint32_t', top_k: 'int32_t', temperature: 'double', top_p: 'double', min_p: 'double',

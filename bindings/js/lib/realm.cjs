@@ -234,7 +234,9 @@ class Model {
     return callText((b, cap, size, err) => lib().realm_chat_template_json(id, json, flags, b, cap, size, err));
   }
 
-  /** A new session (its own KV cache of nCtx positions; 0 = min(2048, nCtxTrain)). */
+  /** A new session (its own KV cache of nCtx positions; 0 = min(2048, nCtxTrain)).
+   *  precision: 'exact' (default) or 'fast' (4-bit weights, bf16 activations); device: 'cpu'
+   *  (default), 'cuda' or 'cuda:N' (REALM_E_UNSUPPORTED without CUDA). */
   createSession(options) {
     return Session.create(this, options);
   }
@@ -260,6 +262,8 @@ class Model {
 
 // ---- Session -----------------------------------------------------------------------------------
 
+const PRECISIONS = Object.freeze({ exact: C.REALM_PRECISION_EXACT, fast: C.REALM_PRECISION_FAST });
+
 class Session {
   #id;
   #model;
@@ -276,12 +280,26 @@ class Session {
     sessionGC.register(this, id, this);
   }
 
-  static create(model, { nCtx = 0 } = {}) {
+  static create(model, { nCtx = 0, precision = 'exact', device = null } = {}) {
     if (!(model instanceof Model)) {
       throw fail(E.REALM_E_ARG, `Session.create: model must be a Model, got ${describe(model)}`);
     }
     const mid = model.handle('Session.create');
-    check(lib().realm_session_create(mid, u32('Session.create', 'nCtx', nCtx), OUT64, ERR));
+    if (!Object.hasOwn(PRECISIONS, precision)) {
+      throw fail(E.REALM_E_ARG, `Session.create: options.precision must be 'exact' or 'fast', got ${describe(precision)}`);
+    }
+    const n = u32('Session.create', 'nCtx', nCtx);
+    if (precision === 'exact' && (device === null || device === undefined)) {
+      check(lib().realm_session_create(mid, n, OUT64, ERR));          // the defaults: as before
+    } else {
+      const params = {
+        struct_size: C.REALM_SESSION_PARAMS_SIZE_V1,
+        n_ctx: n,
+        precision: PRECISIONS[precision],
+        device: device === null || device === undefined ? null : str('Session.create', 'options.device', device),
+      };
+      check(lib().realm_session_create_ex(mid, params, OUT64, ERR));
+    }
     return new Session(OUT64[0], model);
   }
 

@@ -4,8 +4,8 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { after, before, describe, test } from 'node:test';
 
-import { Model, Realm, Sampler, topK } from '../index.mjs';
-import { assertSameFloats, f32, python } from './helpers.mjs';
+import { ErrorCode, Model, Realm, Sampler, topK } from '../index.mjs';
+import { assertRealmError, assertSameFloats, f32, python } from './helpers.mjs';
 
 const TEXTS = ['Hello world', ' Lyon, la ville lumière — 東京 🚀', '<|im_start|>user\nHi<|im_end|>', ''];
 const MESSAGES = [{ role: 'system', content: 'Be brief.' }, { role: 'user', content: 'What is the capital of France?' }];
@@ -66,6 +66,8 @@ out["samples"] = [smp.sample(logits, ids) for _ in range(5)]
 v, i = realm.top_k_logits(logits, 5)
 out["topk"] = {"values": f32(v), "ids": [int(x) for x in i]}
 out["default_path"] = str(realm.default_model_path())
+fs = realm.create_session(mid, 64, precision="fast")
+out["fast_last"] = f32(realm.decode(fs, ids))
 `);
   Realm.init();                              // meanwhile, in this process
   model = Model.storeDefault();
@@ -188,6 +190,24 @@ describe('Session', () => {
     f.close();
     s.close();
     s.close();                                            // idempotent
+  });
+
+  test('createSession({ precision: \'fast\' }) decodes as Python\'s fast session; bad options are REALM_E_ARG', () => {
+    const s = model.createSession({ nCtx: 64, precision: 'fast', device: 'cpu' });
+    try {
+      assert.equal(s.nCtx, 64);
+      assertSameFloats(s.decode(py.ids), f32(py.fast_last), 'fast decode');
+    } finally {
+      s.close();
+    }
+    const exact = model.createSession({ precision: 'exact' });
+    try {
+      assertSameFloats(exact.decode(py.ids), f32(py.decode_last), 'exact decode');
+    } finally {
+      exact.close();
+    }
+    assertRealmError(() => model.createSession({ precision: 'turbo' }), ErrorCode.ARG, 'options.precision', '"turbo"');
+    assertRealmError(() => model.createSession({ device: 'tpu' }), ErrorCode.ARG, 'realm_session_create_ex', "'tpu'");
   });
 
   test('generate(): greedy stream equals Python, the session keeps the tokens', async () => {

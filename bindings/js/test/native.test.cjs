@@ -53,6 +53,8 @@ test('struct layouts equal REALM_*_SIZE_V1', () => {
   assert.equal(koffi.sizeof(types.realm_sampler_params), C.REALM_SAMPLER_PARAMS_SIZE_V1);
   assert.equal(koffi.sizeof(types.realm_generate_params), C.REALM_GENERATE_PARAMS_SIZE_V1);
   assert.equal(koffi.sizeof(types.realm_generate_result), C.REALM_GENERATE_RESULT_SIZE_V1);
+  assert.equal(koffi.sizeof(types.realm_session_params), C.REALM_SESSION_PARAMS_SIZE_V1);
+  assert.equal(koffi.offsetof(types.realm_session_params, 'device'), 16);
   assert.equal(koffi.offsetof(types.realm_model_info, 'rope_freq_base'), 64);
   assert.equal(koffi.offsetof(types.realm_generate_params, 'on_token'), 32);
 });
@@ -64,6 +66,11 @@ test('the defaults functions fill the structs as the header\'s _INIT macros', ()
   lib.realm_sampler_params_default(sp);
   assert.deepEqual(koffi.decode(sp, types.realm_sampler_params), {
     struct_size: 48, top_k: 0, temperature: 0, top_p: 1, min_p: 0, repetition_penalty: 1, seed: 0xFFFFFFFFFFFFFFFFn,
+  });
+  const ssp = Buffer.alloc(koffi.sizeof(types.realm_session_params));
+  lib.realm_session_params_default(ssp);
+  assert.deepEqual(koffi.decode(ssp, types.realm_session_params), {
+    struct_size: 24, n_ctx: 0, precision: 0, device: null,
   });
   const gp = Buffer.alloc(koffi.sizeof(types.realm_generate_params));
   lib.realm_generate_params_default(gp);
@@ -106,6 +113,14 @@ test('thin layer: per-call realm_error, realm_last_error, realm_errstr, the two-
   assert.equal(text.toString('utf8', 0, need - 1), 'The capital of France');
   assert.equal(text[need - 1], 0, 'NUL-terminated; *size counts the NUL');
   assert.equal(lib.realm_detokenize(model, ids, ids.length, null, 5, size, err), -3, 'NULL buffer with cap > 0');
+  // realm_session_create_ex: the library checks the precision and struct_size, naming the value
+  const sid = new BigUint64Array(1);
+  assert.equal(lib.realm_session_create_ex(model, { struct_size: 24, n_ctx: 0, precision: 7, device: null }, sid, err), -3);
+  assert.match(message(), /^realm_session_create_ex: params->precision is 7/);
+  assert.equal(lib.realm_session_create_ex(model, { struct_size: 8, n_ctx: 0, precision: 0, device: null }, sid, err), -3);
+  assert.match(message(), /params->struct_size is 8/);
+  assert.equal(lib.realm_session_create_ex(model, null, sid, err), 0, 'NULL params: the defaults');
+  assert.equal(lib.realm_session_free(sid[0], err), 0);
   assert.equal(lib.realm_model_remove(model, err), 0);
 });
 

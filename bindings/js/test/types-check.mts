@@ -2,7 +2,7 @@
 import realm, {
   ErrorCode, GuestAbiError, GuestHost, GuestLimitError, Model, Realm, RealmError, Sampler, Session, Tenant, topK, runGuest,
 } from 'realm-embed';
-import type { Completion, GenerateOptions, GuestModule, GuestResult, ModelInfo } from 'realm-embed';
+import type { Completion, GenerateOptions, GuestModule, GuestResult, ModelInfo, SessionOptions } from 'realm-embed';
 
 export async function demo(): Promise<string> {
   Realm.init();
@@ -15,6 +15,8 @@ export async function demo(): Promise<string> {
   const w = model.tensor('output_norm.weight');
   const shape: readonly number[] = w.shape;
   const s: Session = model.createSession({ nCtx: 128 });
+  const fastOptions: SessionOptions = { nCtx: 64, precision: 'fast', device: 'cpu' };
+  model.createSession(fastOptions).close();
   let h: Float32Array = s.embedTokens(ids);
   for (let layer = 0; layer < info.nLayer; layer++) h = s.forwardLayer(layer, h, 0);
   const logits: Float32Array = s.computeLogits(h);
