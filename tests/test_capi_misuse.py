@@ -14,7 +14,6 @@ from ctypes import byref, c_uint64
 
 import pytest
 
-import realm_embed as realm
 from realm_embed import _capi_ctypes as capi
 from realm_embed import buildinfo
 
