@@ -39,3 +39,12 @@ def hf_model(model_path):
     m = transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
     m.eval()
     return m
+
+
+@pytest.fixture
+def kv_state():
+    """A session's cache as comparable values: (filled per layer, K, V) over the cached span."""
+    def state(s):
+        n = max(s.kv.filled)
+        return list(s.kv.filled), s.kv.k[:, :, :n].clone(), s.kv.v[:, :, :n].clone()
+    return state

@@ -115,16 +115,12 @@ def test_fork_truncate_reset(mid):
     realm.session_free(s), realm.session_free(child)
 
 
-def _state(s):
-    n = max(s.kv.filled)
-    return list(s.kv.filled), s.kv.k[:, :, :n].clone(), s.kv.v[:, :, :n].clone()
-
-
-def test_failed_calls_leave_the_session_exactly_as_before(mid):
-    s = realm.create_session(mid, 16)
+@pytest.mark.parametrize("precision", ["exact", "fast"])
+def test_failed_calls_leave_the_session_exactly_as_before(mid, kv_state, precision):
+    s = realm.create_session(mid, 16, precision=precision)
     ids = realm.tokenize(mid, "The capital of France is")
     realm.decode(s, ids)
-    before = _state(s)
+    before = kv_state(s)
     D, V, L = (realm.get_model_info(mid)[k] for k in ("n_embd", "n_vocab", "n_layer"))
     h = realm.embed_tokens(s, [42])
     bad_calls = [
@@ -146,7 +142,7 @@ def test_failed_calls_leave_the_session_exactly_as_before(mid):
         with pytest.raises(exc) as info:
             call()
         assert str(info.value)                                   # every error says what was wrong
-        after = _state(s)
+        after = kv_state(s)
         assert after[0] == before[0] and torch.equal(after[1], before[1]) and torch.equal(after[2], before[2])
     realm.session_free(s)
     with pytest.raises(realm.NotFoundError, match="freed"):
