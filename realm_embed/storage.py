@@ -175,19 +175,20 @@ class Registry:
                                 f"model_id {model_id} not found")
         return model
 
-    def remove(self, model_id: int) -> None:
-        """Drop one reference.  The last one frees the model, unless sessions still use it:
-        then BusyError and nothing changes (we never free weights under a live session)."""
+    def remove(self, model_id: int) -> bool:
+        """Drop one reference; True when that was the last and the model is gone.  The last one
+        is refused with BusyError while sessions use the model (never free weights under them)."""
         with self._lock:
             model = self.get(model_id)
             if model.refs == 1 and model.live_sessions:
                 raise BusyError(f"model {model.id:#x} has {model.live_sessions} live session(s); free them first")
             model.refs -= 1
             if model.refs:
-                return
+                return False
             del self._by_id[model.id]
             del self._by_digest[model.digest]
         CACHE.drop_model(model.id)
+        return True
 
     def ids(self) -> list[int]:
         with self._lock:
