@@ -4,11 +4,16 @@ in the same run, on the same GGUF.
     .venv/bin/python bench/gpu_bench.py [--model PATH] [--reps 3] [--budget-s 420] [--json PATH]
 
 Measured (tok/s, median of --reps with min..max):
-  batch 1    prefill 128 tokens; decode 64 tokens, one call a token, greedy (argmax on the host)
+  batch 1    prefill 128 tokens; decode 64 tokens, one call a token, greedy (argmax on the host);
+             realm's decode tok/s leaves out the first step, which captures the session's CUDA
+             graph and is reported apart ("first step", ms)
   batch 16   16 sessions (realm: one sequence per session, served round-robin: there is no
              batched call) / a [16, T] batch (transformers); aggregate tok/s over all 16
 Paths: realm exact (f32 weights), realm fast (int4 tinygemm where the GPU runs it, else dense
-bf16: the "fast kernels" line says which), transformers eager f32 and bf16.
+bf16: the "fast kernels" line says which; decode through a CUDA graph per session, once also
+through torch.compile (REALM_CUDA_COMPILE=1), once without graphs: REALM_CUDA_GRAPHS=0),
+transformers eager f32 and bf16.  Also the GPU time of one captured fast step alone (CUDA
+events over replays) and the kernels of one uncaptured step (torch.profiler).
 Without CUDA it prints why and exits 0.  Past --budget-s it skips what is left (each part is
 short; a part that would start after the budget is reported as skipped, never half-measured).
 JSON goes to bench/results/gpu-<time>.json.
@@ -39,6 +44,7 @@ def main(argv=None) -> int:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--budget-s", type=float, default=420.0, help="skip parts that would start after this")
     ap.add_argument("--device", default="cuda")
+    ap.add_argument("--skip", nargs="*", default=[], help='parts to leave out, as named in the log ("realm exact b16", "transformers float32")')
     ap.add_argument("--json", help="also write the JSON here (e.g. $OUT/gpu.json on a lent machine)")
     args = ap.parse_args(argv)
 
@@ -61,6 +67,9 @@ def main(argv=None) -> int:
     rows = result["rows"]
 
     def over_budget(name) -> bool:
+        if name in args.skip:
+            result["skipped"][name] = "--skip"
+            return True
         if time.perf_counter() - start > args.budget_s:
             result["skipped"][name] = f"budget of {args.budget_s:.0f} s spent"
             print(f"gpu_bench: skipping {name}: budget spent", file=sys.stderr)
@@ -68,6 +77,8 @@ def main(argv=None) -> int:
         return False
 
     # ---- realm -----------------------------------------------------------------------------
+    # Decode tok/s counts the steps after the first: a session captures its CUDA graph on its
+    # first one-token step, reported apart as "first step" (ms, capture included).
     def realm_b1(precision):
         def once(n_decode):
             s = realm.create_session(mid, PREFILL + n_decode + 1, device=dev, precision=precision)
@@ -75,48 +86,98 @@ def main(argv=None) -> int:
             a = time.perf_counter()
             tok = int(realm.decode(s, ids).argmax())
             b = time.perf_counter()
-            for _ in range(n_decode):
+            tok = int(realm.decode(s, [tok]).argmax())
+            c = time.perf_counter()
+            for _ in range(n_decode - 1):
                 tok = int(realm.decode(s, [tok]).argmax())
             sync()
-            c = time.perf_counter()
+            d = time.perf_counter()
             realm.session_free(s)
-            return b - a, c - b
-        once(2)                                                         # weights to the GPU, warm-up
-        runs = [once(DECODE) for _ in range(args.reps)]
-        return stats(PREFILL / r[0] for r in runs), stats(DECODE / r[1] for r in runs)
+            return PREFILL / (b - a), (n_decode - 1) / (d - c), 1000 * (c - b)
+        once(4)                                                         # weights to the GPU, warm-up
+        return [once(DECODE) for _ in range(args.reps)]
 
     def realm_b16(precision):
-        def once():
-            sessions = [realm.create_session(mid, PREFILL + DECODE + 1, device=dev, precision=precision)
+        def once(n_decode):
+            sessions = [realm.create_session(mid, PREFILL + n_decode + 1, device=dev, precision=precision)
                         for _ in range(BATCH)]
             sync()
             a = time.perf_counter()
             toks = [int(realm.decode(s, ids).argmax()) for s in sessions]
             b = time.perf_counter()
-            for _ in range(DECODE):
+            c = None
+            for step in range(n_decode):
+                if step == 1:
+                    c = time.perf_counter()
                 logits = [realm.decode(s, [t]) for s, t in zip(sessions, toks)]
                 toks = torch.stack(logits).argmax(-1).tolist()          # one sync per round
             sync()
-            c = time.perf_counter()
+            d = time.perf_counter()
             for s in sessions:
                 realm.session_free(s)
-            return b - a, c - b
-        once()
-        runs = [once() for _ in range(max(1, args.reps - 1))]
-        return stats(BATCH * PREFILL / r[0] for r in runs), stats(BATCH * DECODE / r[1] for r in runs)
+            return BATCH * PREFILL / (b - a), BATCH * (n_decode - 1) / (d - c), 1000 * (c - b)
+        once(4)
+        return [once(DECODE) for _ in range(max(1, args.reps - 1))]
 
-    for precision in ("exact", "fast"):
-        for batch, fn in ((1, realm_b1), (BATCH, realm_b16)):
-            name = f"realm {precision} b{batch}"
-            if over_budget(name):
-                continue
-            t = time.perf_counter()
-            try:
-                pre, dec = fn(precision)
-                rows.append({"path": f"realm {precision}", "batch": batch, "prefill": pre, "decode": dec})
-            except Exception as e:                                       # noqa: BLE001
-                result["skipped"][name] = f"{type(e).__name__}: {e}"[:500]
-            print(f"gpu_bench: {name} {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
+    def graph_replay_us() -> float:
+        """GPU time of one captured fast step alone (CUDA events around 200 replays): the floor
+        under realm's per-token host work."""
+        s = realm.create_session(mid, PREFILL + 8, device=dev, precision="fast")
+        realm.decode(s, ids[:8])
+        realm.decode(s, [ids[8]])                                       # captures
+        graph = s.kv.graph.graph
+        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        begin.record()
+        for _ in range(200):
+            graph.replay()
+        end.record()
+        sync()
+        realm.session_free(s)
+        return begin.elapsed_time(end) * 1000 / 200
+
+    # Most telling first: a part that would start past the budget is skipped.
+    def step_kernels(top=12) -> dict:
+        """What one fast step launches: torch.profiler over an uncaptured static step."""
+        from realm_embed import cuda_graph
+        s = realm.create_session(mid, PREFILL + 8, device=dev, precision="fast")
+        realm.decode(s, ids[:8])
+        step = cuda_graph.GraphStep(s.tf, s.kv, capture=False)
+        step(torch.tensor([ids[8]], device=dev), 8)
+        sync()
+        acts = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+        with torch.profiler.profile(activities=acts) as prof:
+            step(torch.tensor([ids[9]], device=dev), 9)
+            sync()
+        realm.session_free(s)
+        events = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
+        us = lambda e: getattr(e, "device_time_total", None) or e.cuda_time_total   # noqa: E731
+        events.sort(key=us, reverse=True)
+        return {"kernels": sum(e.count for e in events), "us": sum(us(e) for e in events),
+                "top": [(e.key[:70], e.count, round(us(e))) for e in events[:top]]}
+
+    parts = [("realm fast", 1, "1", "0"), ("realm fast, torch.compile", 1, "1", "1"),
+             ("realm fast", BATCH, "1", "0"), ("realm exact", 1, "1", "0"),
+             ("realm fast, no CUDA graphs", 1, "0", "0"), ("realm exact", BATCH, "1", "0")]
+    for label, batch, graphs, compiled in parts:
+        name = f"{label} b{batch}"
+        if over_budget(name):
+            continue
+        t = time.perf_counter()
+        os.environ["REALM_CUDA_GRAPHS"], os.environ["REALM_CUDA_COMPILE"] = graphs, compiled
+        try:
+            runs = (realm_b1 if batch == 1 else realm_b16)(label.split()[1].rstrip(","))
+            rows.append({"path": label, "batch": batch, "prefill": stats(r[0] for r in runs),
+                         "decode": stats(r[1] for r in runs), "first_step_ms": stats(r[2] for r in runs)})
+        except Exception as e:                                           # noqa: BLE001
+            result["skipped"][name] = f"{type(e).__name__}: {e}"[:500]
+        finally:
+            os.environ["REALM_CUDA_GRAPHS"], os.environ["REALM_CUDA_COMPILE"] = "1", "0"
+        print(f"gpu_bench: {name} {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
+    for key, fn in (("graph_replay_us", graph_replay_us), ("step_kernels", step_kernels)):
+        try:
+            result[key] = fn()
+        except Exception as e:                                           # noqa: BLE001
+            result["skipped"][key] = f"{type(e).__name__}: {e}"[:500]
     result["fast_kernels"] = "int4 tinygemm (_weight_int4pack_mm)" if fast._cuda_int4_ok(dev) else \
         "dense bf16 (the int4 kernel is unavailable or failed its check on this GPU)"
 
@@ -133,8 +194,12 @@ def main(argv=None) -> int:
         t = time.perf_counter()
         folder, fname = os.path.split(path)
         new_api = tuple(int(x) for x in transformers.__version__.split(".")[:2]) >= (4, 56)   # dtype= since 4.56
-        model = transformers.AutoModelForCausalLM.from_pretrained(
-            folder, gguf_file=fname, **({"dtype": dtype} if new_api else {"torch_dtype": dtype})).to(dev).eval()
+        try:
+            model = transformers.AutoModelForCausalLM.from_pretrained(
+                folder, gguf_file=fname, **({"dtype": dtype} if new_api else {"torch_dtype": dtype})).to(dev).eval()
+        except Exception as e:                                          # noqa: BLE001
+            result["skipped"][f"transformers {dname}"] = f"{type(e).__name__}: {e}"[:500]
+            continue
 
         @torch.no_grad()
         def once(batch, n_decode):
@@ -167,6 +232,14 @@ def main(argv=None) -> int:
     # ---- report ------------------------------------------------------------------------------
     print(f"\n{result['gpu']}, torch {result['torch']}, {os.path.basename(path)}; realm fast kernels: "
           f"{result['fast_kernels']}; {args.reps} reps; total {time.perf_counter() - start:.0f} s")
+    if "graph_replay_us" in result:
+        us = result["graph_replay_us"]
+        print(f"one captured fast step: {us:.0f} us of GPU time ({1e6 / us:.0f} tok/s if the host cost nothing)")
+    if "step_kernels" in result:
+        k = result["step_kernels"]
+        print(f"one uncaptured fast step: {k['kernels']} kernels, {k['us']:.0f} us of kernel time; the largest:")
+        for key, count, us in k["top"]:
+            print(f"  {us:7d} us  {count:4d}x  {key}")
     for batch in (1, BATCH):
         at = [r for r in rows if r["batch"] == batch]
         anchor = next((r for r in at if r["path"] == "transformers eager bfloat16"), None)
@@ -175,7 +248,8 @@ def main(argv=None) -> int:
         for r in at:
             f = lambda s: f"{s['median']:9.1f} ({s['min']:.0f}..{s['max']:.0f})"   # noqa: E731
             rx = lambda ph: f"{r[ph]['median'] / anchor[ph]['median']:.2f}" if anchor else "-"   # noqa: E731
-            print(f"{r['path']:<28} {f(r['prefill']):>24} {f(r['decode']):>22} {rx('prefill'):>6} {rx('decode'):>6}")
+            first = f"  first step {r['first_step_ms']['median']:.0f} ms" if "first_step_ms" in r else ""
+            print(f"{r['path']:<28} {f(r['prefill']):>24} {f(r['decode']):>22} {rx('prefill'):>6} {rx('decode'):>6}{first}")
     for name, why in result["skipped"].items():
         print(f"skipped {name}: {why}")
     out = ROOT / "bench" / "results"

@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType as QT
 
-from . import quant
+from . import cuda_graph, quant
 from .model import Transformer, attention
 from .storage import Model
 from .weights import CACHE
@@ -260,12 +260,30 @@ class Layer:
 
 def _norm_bf16(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:   # [T, D] f32 -> bf16
     """RMSNorm in f32 (HF's order), rounded once to bf16 for the kernels."""
+    if x.is_cuda:                  # one fused kernel there: a captured step is bound by its kernel count
+        return F.rms_norm(x, (x.shape[-1],), weight, eps).to(BF16)
     r = x.pow(2).mean(-1, keepdim=True).add_(eps).rsqrt_()
     return (x * r).mul_(weight).to(BF16)
 
 
 def qkv_names(i: int) -> tuple[str, ...]:
     return tuple(f"blk.{i}.attn_{p}.weight" for p in "qkv")
+
+
+def one_query_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+                        mask: torch.Tensor | None = None) -> torch.Tensor:
+    """q: [1, H, Dh], keys/values: [Hkv, S, Dh] -> [Hkv, H/Hkv, Dh] (view it as [H, Dh]).
+    mask: [S] additive f32 (0 or -inf), or None.
+
+    The G = H/Hkv query heads that share a KV head go in as G query rows of that head: grouped
+    attention without repeating K/V.  With a mask (a captured CUDA step), three plain kernels: on
+    an H200 SDPA's memory-efficient f32 kernel took 24 us a layer here, a third of the step."""
+    Hkv, S, Dh = keys.shape
+    qg = q.reshape(Hkv, -1, Dh)                                                    # [Hkv, G, Dh]
+    if mask is None:
+        return F.scaled_dot_product_attention(qg[None], keys[None], values[None])[0]
+    scores = torch.baddbmm(mask, qg, keys.transpose(1, 2), alpha=Dh ** -0.5)       # [Hkv, G, S]
+    return torch.bmm(scores.softmax(-1), values)
 
 
 def _neox_to_pairs(cfg) -> torch.Tensor | None:
@@ -345,26 +363,27 @@ class FastTransformer(Transformer):
             k = self.rope.apply(qkv[:, self.n_q:self.n_qk].view(T, cfg.n_head_kv, Dh), pos)
         v = qkv[:, self.n_qk:].view(T, cfg.n_head_kv, Dh)
         keys, values = kv.update(i, pos, k.transpose(0, 1), v.transpose(0, 1))    # [Hkv, S, Dh]
-        if T == 1:                     # one query: no mask, and [1, H, Dh] is already [H, 1, Dh]
-            a = F.scaled_dot_product_attention(q.view(1, H, 1, Dh), keys[None], values[None],
-                                               enable_gqa=H != cfg.n_head_kv).reshape(1, cfg.n_embd)
+        # (rounding to bf16 before the reshape: one kernel, not a copy and a cast)
+        if T == 1:
+            a = one_query_attention(q, keys, values, kv.mask).to(BF16).reshape(1, cfg.n_embd)
         else:
-            a = attention(q.transpose(0, 1), keys, values, pos).transpose(0, 1).reshape(T, cfg.n_embd)
-        a = a.to(BF16)
+            a = attention(q.transpose(0, 1), keys, values, pos).to(BF16).transpose(0, 1).reshape(T, cfg.n_embd)
         o = F.linear(a, self.dense(i, "o", (f"blk.{i}.attn_output.weight",))) if big else w.o(a)
-        x = x + o.float()                                                         # new: the caller's x stays
+        x = x + o                          # f32 + bf16 adds in f32; new: the caller's x stays
         h = _norm_bf16(x, w.ffn_norm, cfg.rms_eps)
         gu = (F.linear(h, self.dense(i, "gate_up", (f"blk.{i}.ffn_gate.weight", f"blk.{i}.ffn_up.weight")))
               if big else w.gate_up(h))                                           # [T, 2F]
         gate, up = gu.split(cfg.n_ff, dim=-1)
         act = F.silu(gate).mul_(up)
         d = F.linear(act, self.dense(i, "down", (f"blk.{i}.ffn_down.weight",))) if big else w.down(act)
-        return x.add_(d.float())
+        return x.add_(d)
 
-    def logits(self, x: torch.Tensor) -> torch.Tensor:   # x: [T, D] -> [T, V] f32
-        return self.head()(F.rms_norm(x, (self.cfg.n_embd,), self.out_norm, self.cfg.rms_eps))
+    def logits(self, x: torch.Tensor, head: Head | None = None) -> torch.Tensor:   # x: [T, D] -> [T, V] f32
+        return (head or self.head())(F.rms_norm(x, (self.cfg.n_embd,), self.out_norm, self.cfg.rms_eps))
 
     def forward(self, ids: torch.Tensor, pos: int, kv, all_logits: bool) -> torch.Tensor:
+        if ids.shape[0] == 1 and self.full_rotary and cuda_graph.enabled(self.device):
+            return cuda_graph.step_for(self, kv)(ids, pos)
         x = self.embed(ids)
         rot = self.rotation(pos, ids.shape[0]) if self.full_rotary else None
         for i in range(self.cfg.n_layer):

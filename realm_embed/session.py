@@ -18,12 +18,22 @@ DEFAULT_N_CTX = 2048
 
 
 class KVCache:
-    """Per-layer K/V for one sequence.  k, v: [L, Hkv, n_ctx, Dh], allocated once with
-    torch.empty so untouched positions cost address space, not memory."""
+    """Per-layer K/V for one sequence.  k, v: [L, Hkv, n_ctx, Dh], allocated once.
+
+    On the CPU with torch.empty, so untouched positions cost address space, not memory.  On CUDA
+    zero-filled: a captured decode step (cuda_graph.py) attends over every position under a
+    mask, and a masked position still multiplies its value by 0, which must not be NaN garbage;
+    there the capacity is also rounded up to a multiple of 16, the attention kernels' alignment
+    (else SDPA pads the mask with an extra copy per layer).  Positions past n_ctx stay unused."""
+
+    mask = None            # attention over [0, S) with no mask; cuda_graph.StepKV sets one
+    graph = None           # the session's captured decode step (cuda_graph.GraphStep), made on first use
 
     def __init__(self, n_layer: int, n_head_kv: int, n_ctx: int, head_dim: int, device, dtype=torch.float32):
-        self.k = torch.empty(n_layer, n_head_kv, n_ctx, head_dim, device=device, dtype=dtype)
-        self.v = torch.empty_like(self.k)
+        cuda = torch.device(device).type == "cuda"
+        alloc, capacity = (torch.zeros, -(-n_ctx // 16) * 16) if cuda else (torch.empty, n_ctx)
+        self.k = alloc(n_layer, n_head_kv, capacity, head_dim, device=device, dtype=dtype)
+        self.v = torch.empty_like(self.k) if alloc is torch.empty else torch.zeros_like(self.k)
         self.layers = list(zip(self.k.unbind(0), self.v.unbind(0)))   # per-layer views [Hkv, n_ctx, Dh]
         self.filled = [0] * n_layer      # valid positions per layer
 

