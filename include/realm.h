@@ -442,7 +442,7 @@ REALM_API int32_t realm_sampler_create(const realm_sampler_params *params, uint6
 /* Pick a token from logits[n_logits] (n_logits = V), given the tokens seen so far
  * history[n_history] (for the repetition penalty; may be NULL when n_history is 0).
  * Returns: REALM_OK and *token_out; REALM_E_ARG (n_logits 0, NaN, +inf, all -inf);
- * REALM_E_RANGE (with a repetition penalty: a history id outside [0, n_logits));
+ * REALM_E_RANGE (a history id outside [0, n_logits), penalty or not);
  * REALM_E_NOT_FOUND (sampler). */
 REALM_API int32_t realm_sampler_sample(uint64_t sampler, const float *logits, size_t n_logits,
                                        const int32_t *history, size_t n_history, int32_t *token_out,

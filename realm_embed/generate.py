@@ -63,13 +63,14 @@ def _run(out: Completion, session, prompt, max_tokens, sampler, stop) -> Iterato
                          f"of n_ctx {s.n_ctx}")
     out.n_prompt = len(ids)
     rng, detok, history = Sampler(config), tok.stream_decoder(), list(ids)
+    penalized = history if config.repetition_penalty != 1.0 else ()   # our own ids: no need to re-check them
     logits = decode(s, ids)
     held = ""                      # text that might be the start of a stop string
     while True:
         if len(out.token_ids) >= max_tokens:
             out.finish_reason = "length"
             break
-        token = rng.sample(logits, history)
+        token = rng.sample(logits, penalized)
         if token in tok.eot_ids:
             out.finish_reason = "eos"
             break

@@ -95,9 +95,12 @@ def apply_bias(logits: torch.Tensor, bias: Mapping[int, float] | torch.Tensor) -
 
 def apply_repetition_penalty(logits: torch.Tensor, history, penalty: float) -> torch.Tensor:
     """Divide positive logits of seen tokens by penalty, multiply negative ones (HF, llama.cpp)."""
-    if penalty == 1.0 or not len(history):
+    if not len(history):
         return logits
-    seen = torch.unique(_ids(history, logits.shape[-1], "history"))
+    ids = _ids(history, logits.shape[-1], "history")   # checked with the penalty off too: a bad id is a bug either way
+    if penalty == 1.0:
+        return logits
+    seen = torch.unique(ids)
     v = logits[seen]
     logits = logits.clone()
     logits[seen] = torch.where(v > 0, v / penalty, v * penalty)

@@ -698,6 +698,8 @@ def test_sampler_equals_python(lib):
     tok = c_int32()
     ok(lib.realm_sampler_sample, sid, buf, 300, None, 0, byref(tok))
     assert tok.value == int(logits.argmax())
+    # a history id outside the vocabulary is refused with the penalty off too
+    fails(E_RANGE, lib.realm_sampler_sample, sid, buf, 300, i32s([5, 300]), 2, byref(tok), match="history token id 300")
     fails(E_ARG, lib.realm_sampler_sample, sid, buf, 0, None, 0, byref(tok), match="n_logits is 0")
     penalty, pid = capi.sampler_params(repetition_penalty=1.5), c_uint64()
     ok(lib.realm_sampler_create, byref(penalty), byref(pid))

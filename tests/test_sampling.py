@@ -83,6 +83,13 @@ def test_repetition_penalty_semantics():
         s.sample(torch.tensor([3.0, 2.0]), history=[0, 7])
 
 
+def test_history_is_checked_with_the_penalty_off():
+    s = Sampler(SamplerConfig(temperature=0.0))
+    assert s.sample(torch.tensor([3.0, 2.0]), history=[1, 1]) == 0
+    with pytest.raises(RangeError, match="history token id -1"):
+        s.sample(torch.tensor([3.0, 2.0]), history=[0, -1])
+
+
 def test_temperature_sampling_follows_softmax():
     x = torch.tensor([1.0, 0.5, 0.0, -1.0])
     for temperature in (1.0, 0.7):
