@@ -4,6 +4,10 @@
 source tree; a wheel carries them in the package, with include/realm.h copied to
 realm_embed/include/.  The library itself is described in capi/build_capi.py (which
 `python capi/build_capi.py` also runs by hand).
+
+It also builds realm_embed/_cpu_decode.so, fast mode's CPU decode kernels (realm_embed/csrc/,
+loaded with ctypes by realm_embed/cpu_kernels.py).  That one is optional: if it does not compile,
+the install goes on and fast mode runs its torch path.
 """
 import importlib.util
 import os
@@ -28,6 +32,13 @@ def _capi():
 
 
 EXT_NAME = "realm_embed.librealm"
+CPU_NAME = "realm_embed._cpu_decode"
+# Plain C, no Python API.  No -march: the kernels pick AVX-512 VNNI / AVX2 / scalar at run time.
+# -fopenmp-simd only honours `#pragma omp simd` (no OpenMP runtime: torch has its own).
+CPU_EXT = Extension(CPU_NAME, sources=["realm_embed/csrc/cpu_decode.c"], depends=["realm_embed/csrc/rd_kernels.h"],
+                    extra_compile_args=["-O3", "-std=gnu11", "-fopenmp-simd", "-fvisibility=hidden", "-w"],
+                    extra_link_args=["-lpthread", "-lm"])
+LIBS = {EXT_NAME: "librealm.so", CPU_NAME: "_cpu_decode.so"}
 
 
 class BuildExt(build_ext):
@@ -35,10 +46,11 @@ class BuildExt(build_ext):
     its C source with cffi just before compiling it."""
 
     def get_ext_filename(self, fullname):
-        if fullname == EXT_NAME:
-            return os.path.join("realm_embed", "librealm.so")
-        if fullname == EXT_NAME.rsplit(".", 1)[1]:
-            return "librealm.so"
+        for name, lib in LIBS.items():
+            if fullname == name:
+                return os.path.join("realm_embed", lib)
+            if fullname == name.rsplit(".", 1)[1]:
+                return lib
         return super().get_ext_filename(fullname)
 
     def build_extension(self, ext):
@@ -49,13 +61,21 @@ class BuildExt(build_ext):
             for attr in ("sources", "include_dirs", "define_macros", "libraries", "library_dirs",
                          "extra_compile_args", "extra_link_args", "depends"):
                 setattr(ext, attr, list(getattr(generated, attr) or []))
+        if ext.name == CPU_NAME:
+            try:
+                super().build_extension(ext)
+            except Exception as e:          # noqa: BLE001  no compiler, old gcc...: torch path instead
+                print(f"note: CPU decode kernels not built ({type(e).__name__}); fast mode uses torch")
+            return
         super().build_extension(ext)
 
     def copy_file(self, infile, outfile, *args, **kwargs):
         """The in-place copy of the library is atomic: a process that has the old one mapped
         (a test run while `make setup` rebuilds) keeps it instead of crashing."""
-        if not str(outfile).endswith("librealm.so"):
+        if not str(outfile).endswith(tuple(LIBS.values())):
             return super().copy_file(infile, outfile, *args, **kwargs)
+        if not os.path.exists(infile):          # the optional CPU kernels did not build
+            return outfile, 0
         tmp = f"{outfile}.tmp"
         shutil.copyfile(infile, tmp)
         os.chmod(tmp, 0o755)
@@ -78,6 +98,6 @@ class BuildExt(build_ext):
 
 
 setup(
-    ext_modules=[Extension(EXT_NAME, sources=["capi/realm_capi.c"])],
+    ext_modules=[Extension(EXT_NAME, sources=["capi/realm_capi.c"]), CPU_EXT],
     cmdclass={"build_ext": BuildExt},
 )

@@ -16,6 +16,9 @@ except an output head, which is requantized to 4 bits (its top logits are recomp
 Logits move by ~0.07 on average from exact mode (bf16 activations).  The output head's bf16
 result is refined: each position's top REFINE logits are recomputed in f32 from the GGUF rows,
 so greedy choices and top-k / top-p candidates see exact-mode-grade numbers.
+On CPU, a one-token step (decode) of a block whose weights are Q4_0/Q4_1/Q8_0, and the head for
+a few positions, skip all of this: cpu_kernels.py runs them in C on the GGUF's own blocks (one
+call per layer, int8 activations, closer to exact than bf16), with the same KV cache tensors.
 On CUDA the same layout goes through tinygemm (`_weight_int4pack_mm`, its own packing), after
 a one-time check per device; where that fails, fast mode there uses dense bf16 weights.
 
@@ -40,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType as QT
 
-from . import cuda_graph, quant
+from . import cpu_kernels, cuda_graph, quant
 from .model import Transformer, attention
 from .storage import Model
 from .weights import CACHE
@@ -230,12 +233,17 @@ class Head:
         self.nbytes = self.lin.nbytes + (0 if device.type == "cpu" else self.rows.nbytes)
 
     def __call__(self, h: torch.Tensor) -> torch.Tensor:   # h: [T, D] f32 -> [T, V] f32
-        y = self.lin(h.to(BF16)).float()
-        T, D = h.shape
-        R = min(REFINE, y.shape[1])
-        top = y.topk(R, dim=-1, sorted=False).indices                                   # [T, R]
-        w = quant.dequantize(self.rows[top.flatten()], self.qtype, (T, R, D))           # [T, R, D]
-        return y.scatter_(1, top, torch.bmm(w, h[:, :, None])[..., 0])
+        return refine(self.rows, self.qtype, h, self.lin(h.to(BF16)).float())
+
+
+def refine(rows: torch.Tensor, qtype, h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """y [T, V] approximate logits of h [T, D] -> y with each position's top R recomputed in f32
+    from the head's GGUF rows [V, row bytes] (in place)."""
+    T, D = h.shape
+    R = min(REFINE, y.shape[1])
+    top = y.topk(R, dim=-1, sorted=False).indices                                       # [T, R]
+    w = quant.dequantize(rows[top.flatten()], qtype, (T, R, D))                         # [T, R, D]
+    return y.scatter_(1, top, torch.bmm(w, h[:, :, None])[..., 0])
 
 
 class Layer:
@@ -316,6 +324,9 @@ class FastTransformer(Transformer):
         self.embd_rows = raw if device.type == "cpu" else raw.to(device)   # [V, row bytes]
         self.rot = torch.empty(0, cfg.head_dim // 2, dtype=torch.complex64, device=device)
         self._rot_lock = threading.Lock()
+        # CPU, one token: whole blocks and the head in C (cpu_kernels), where the types allow
+        self.cpu = cpu_kernels.Decoder(model, cfg, self.head_name) \
+            if device.type == "cpu" and cpu_kernels.available() else None
 
     # -- weights --
 
@@ -347,6 +358,9 @@ class FastTransformer(Transformer):
 
     def layer(self, i: int, x: torch.Tensor, pos: int, kv, w: Layer | None = None, rot=None) -> torch.Tensor:
         """x: [T, D] f32 -> [T, D] f32 (a new tensor; x is not modified).  rot: rotation(pos, T)."""
+        if x.shape[0] == 1 and self.cpu is not None and cpu_kernels.ENABLED and self.cpu.can_step(i, kv):
+            cos, sin = self.rope.tables(pos, 1)                    # [1, Dh/2] each: the exact path's table
+            return self.cpu.step(i, x, pos, kv, cos, sin)
         cfg, w = self.cfg, w or self.block(i)
         T, Dh, H = x.shape[0], cfg.head_dim, cfg.n_head
         big = T >= PREFILL_DENSE_MIN
@@ -379,7 +393,11 @@ class FastTransformer(Transformer):
         return x.add_(d)
 
     def logits(self, x: torch.Tensor, head: Head | None = None) -> torch.Tensor:   # x: [T, D] -> [T, V] f32
-        return (head or self.head())(F.rms_norm(x, (self.cfg.n_embd,), self.out_norm, self.cfg.rms_eps))
+        h = F.rms_norm(x, (self.cfg.n_embd,), self.out_norm, self.cfg.rms_eps)
+        if head is None and self.cpu is not None and self.cpu.head is not None and cpu_kernels.ENABLED \
+                and x.shape[0] <= cpu_kernels.HEAD_MAX_T and x.device.type == "cpu":
+            return self.cpu.logits(h, REFINE)
+        return (head or self.head())(h)
 
     def forward(self, ids: torch.Tensor, pos: int, kv, all_logits: bool) -> torch.Tensor:
         if ids.shape[0] == 1 and self.full_rotary and cuda_graph.enabled(self.device):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import realm_embed as realm
-from realm_embed import fast, quant
+from realm_embed import cpu_kernels, fast, quant
 
 # Varied text: prose, code, numbers, other languages, markup.
 TEXT = (
@@ -68,10 +68,15 @@ def test_raw_prompt_continues_with_paris_in_fast_mode(mid):
 
 def test_layerwise_and_fused_agree_in_fast_mode(mid):
     ids = realm.tokenize(mid, "The quick brown fox jumps over the lazy dog because it")
-    fused = _logits(mid, ids, "fast")
+    chunks = (ids[:5], ids[5:6], ids[6:])
+    # the same chunks both ways: a one-token chunk takes the C kernels on CPU (cpu_kernels.py),
+    # whose int8 activations differ from the torch path's bf16 ones by more than 1e-3
+    s = realm.create_session(mid, 64, precision="fast")
+    fused = torch.cat([realm.decode(s, c, all_logits=True) for c in chunks])
+    realm.session_free(s)
     s = realm.create_session(mid, 64, precision="fast")
     L, pos, rows = realm.get_model_info(mid)["n_layer"], 0, []
-    for chunk in (ids[:5], ids[5:6], ids[6:]):
+    for chunk in chunks:
         h = realm.embed_tokens(s, chunk)
         for layer in range(L):
             h = realm.forward_layer(s, layer, h, pos)
@@ -92,25 +97,37 @@ def test_fork_keeps_precision_and_cache(mid):
     realm.session_free(s), realm.session_free(child)
 
 
-def test_a_kernel_failure_mid_decode_leaves_a_fast_session_exactly_as_before(mid, kv_state, monkeypatch):
+@pytest.mark.parametrize("path", ["torch", "c"])
+def test_a_kernel_failure_mid_decode_leaves_a_fast_session_exactly_as_before(mid, kv_state, monkeypatch, path):
     # (argument errors on fast sessions: test_compute.py, parametrized over precision)
+    # torch: fast._mm fails a few layers in; c: the C layer step fails after it wrote its K/V.
+    if path == "c" and not cpu_kernels.active():
+        pytest.skip("CPU kernels not built or disabled")
+    monkeypatch.setattr(cpu_kernels, "ENABLED", path == "c")
     s = realm.create_session(mid, 16, precision="fast")
     realm.decode(s, realm.tokenize(mid, "The capital of France is"))
     before = kv_state(s)
     # A failure inside compute, after some layers wrote their K/V: everything is restored.
     calls = {"n": 0}
-    real_mm = fast._mm
+    real = fast._mm if path == "torch" else cpu_kernels.Decoder.step
 
-    def failing_mm(*args):
+    limit = 20 if path == "torch" else 4                     # a few layers in
+
+    def failing(*args):
         calls["n"] += 1
-        if calls["n"] > 20:                                  # a few layers in
+        out = real(*args)                                    # (the C step has written K/V by now)
+        if calls["n"] > limit:
             raise RuntimeError("injected kernel failure")
-        return real_mm(*args)
+        return out
 
-    monkeypatch.setattr(fast, "_mm", failing_mm)
+    if path == "torch":
+        monkeypatch.setattr(fast, "_mm", failing)
+    else:
+        monkeypatch.setattr(cpu_kernels.Decoder, "step", failing)
     with pytest.raises(RuntimeError, match="injected"):
         realm.decode(s, [42])
-    monkeypatch.setattr(fast, "_mm", real_mm)
+    assert calls["n"] > 4
+    monkeypatch.undo()
     after = kv_state(s)
     assert after[0] == before[0] and torch.equal(after[1], before[1]) and torch.equal(after[2], before[2])
     realm.session_free(s)

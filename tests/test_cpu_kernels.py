@@ -1,0 +1,224 @@
+"""The CPU decode kernels (realm_embed/csrc/cpu_decode.c via cpu_kernels.py).
+
+Every instruction-set variant (AVX-512 VNNI, AVX2, scalar) is forced in turn where the CPU has it.
+Tolerances come from the activation quantization: each block of 32 is x ≈ u·(128·q + l) with
+|x - that| ≤ u/2, so |W·x - y| ≤ |W|·(u/2) plus f32 rounding."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType as QT
+
+import realm_embed as realm
+from realm_embed import cpu_kernels as ck, quant
+from realm_embed.fast import FastTransformer
+
+pytestmark = pytest.mark.skipif(not ck.available(), reason="CPU kernels not built (no compiler at install)")
+
+
+@pytest.fixture(params=ck.VARIANTS)
+def variant(request):
+    try:
+        ck.set_variant(request.param)
+    except RuntimeError:
+        pytest.skip(f"this CPU has no {request.param}")
+    yield request.param
+    ck.set_variant(None)
+
+
+@pytest.fixture(scope="module")
+def model(mid):
+    return realm.api.REGISTRY.get(mid)
+
+
+def _bound(W: torch.Tensor, x: torch.Tensor) -> torch.Tensor:   # W [N, K], x [T, K] -> [T, N]
+    u = torch.stack([ck.quantize(row)[2] for row in x])             # [T, K/32]
+    half = u.repeat_interleave(32, dim=1) / 2
+    return half @ W.abs().t() + 1e-5 * (x.abs() @ W.abs().t()) + 1e-5
+
+
+def _check_gemv(raw, qtype, N, K, x):
+    W = quant.dequantize(raw, qtype, (N, K))
+    y = ck.gemv(ck.mat(raw, qtype, (N, K)), x)
+    ref = (x.double() @ W.double().t()).float()
+    err, bound = (y - ref).abs(), _bound(W, x)
+    assert (err <= bound).all(), f"max err {err.max():.3g}, worst err/bound {(err / bound).max():.3f}"
+    return y
+
+
+def _random_blocks(qtype, N, K, g):
+    _, size = GGML_QUANT_SIZES[qtype]
+    blocks = torch.randint(0, 256, (N * K // 32, size), generator=g, dtype=torch.int32).to(torch.uint8)
+    d = (torch.rand(blocks.shape[0], generator=g) * 0.05 + 1e-3).to(torch.float16)
+    blocks[:, 0:2] = d.view(-1, 1).view(torch.uint8)
+    if qtype == QT.Q4_1:
+        m = (-torch.rand(blocks.shape[0], generator=g) * 0.4).to(torch.float16)
+        blocks[:, 2:4] = m.view(-1, 1).view(torch.uint8)
+    return blocks.flatten()
+
+
+def test_activation_quantization_is_within_half_a_unit():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(32 * 7, generator=g) * torch.rand(32 * 7, generator=g) * 10
+    x[40:64] = 0                                     # a block that is mostly zero
+    x[64:96] = 0                                     # and one that is all zero
+    q, l, u, s = ck.quantize(x)
+    xi = 128 * q.int() + l.int()                     # [K]
+    xhat = u.repeat_interleave(32) * xi.float()
+    assert (q.abs() <= 127).all() and (l.abs() <= 64).all()
+    assert ((x - xhat).abs() <= u.repeat_interleave(32) / 2 * (1 + 1e-5) + 1e-12).all()
+    assert torch.allclose(s, (u.view(-1, 1) * xi.view(-1, 32).float()).sum(1), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("qtype", [QT.Q4_0, QT.Q4_1, QT.Q8_0], ids=lambda t: t.name)
+@pytest.mark.parametrize("N,K", [(37, 96), (64, 576), (5, 32), (130, 1536)])
+def test_gemv_on_random_blocks(variant, qtype, N, K):
+    g = torch.Generator().manual_seed(N * K + int(qtype))
+    raw = _random_blocks(qtype, N, K, g)
+    x = torch.randn(3, K, generator=g)
+    x[1] *= 1e-3                                      # small and large activations
+    x[2, :32] = 0
+    _check_gemv(raw, qtype, N, K, x)
+
+
+@pytest.mark.parametrize("name", ["blk.0.attn_q.weight", "blk.5.attn_k.weight", "blk.3.ffn_down.weight",
+                                  "blk.7.ffn_gate.weight", "token_embd.weight"])
+def test_gemv_on_the_model_tensors(model, variant, name):
+    info = model.tensor_info(name)
+    N, K = info.shape
+    raw = model.raw(name)
+    if N > 4096:                                     # the head: a slice of rows is enough
+        N = 4099                                     # (odd, not a multiple of anything)
+        raw = raw.view(info.shape[0], -1)[:N].reshape(-1)
+    x = torch.randn(2, K, generator=torch.Generator().manual_seed(1))
+    _check_gemv(raw, info.ggml_type, N, K, x)
+
+
+def test_gemv_gives_the_same_bits_on_any_thread_count(model):
+    name = "blk.2.ffn_up.weight"
+    info = model.tensor_info(name)
+    m = ck.mat(model.raw(name), info.ggml_type, info.shape)
+    x = torch.randn(1, info.shape[1], generator=torch.Generator().manual_seed(2))
+    one = ck.gemv(m, x, threads=1)
+    for n in (2, 3, 7):
+        assert torch.equal(ck.gemv(m, x, threads=n), one)
+
+
+# ---- the C layer against the torch layers -------------------------------------------------------
+
+def _session_at(mid, n_prompt=40):
+    ids = realm.tokenize(mid, "The history of the city goes back to a small fishing village on the river, "
+                              "which grew into a market town in the twelfth century. Its bridge")
+    s = realm.create_session(mid, 128, precision="fast")
+    realm.decode(s, ids[:n_prompt])
+    return s, ids[n_prompt] if len(ids) > n_prompt else 42
+
+
+def _kv_copy(kv):
+    from realm_embed.session import KVCache
+    c = KVCache.__new__(KVCache)
+    c.k, c.v = kv.k.clone(), kv.v.clone()
+    c.layers = list(zip(c.k.unbind(0), c.v.unbind(0)))
+    c.filled = list(kv.filled)
+    return c
+
+
+@pytest.mark.parametrize("layer", [0, 13, 29])
+def test_c_layer_matches_the_exact_layer_closer_than_bf16(mid, model, variant, layer, monkeypatch):
+    s, nxt = _session_at(mid)
+    tf, pos = s.tf, s.n_tokens
+    exact = realm.model.transformer_for(model, torch.device("cpu"), "exact")
+    x = tf.embed(torch.tensor([nxt])) * 3
+    x0 = x.clone()
+    kv_exact, kv_c, kv_torch = _kv_copy(s.kv), _kv_copy(s.kv), _kv_copy(s.kv)
+    ref = exact.layer(layer, x, pos, kv_exact)
+    assert tf.cpu.can_step(layer, kv_c)
+    ours = tf.layer(layer, x, pos, kv_c)
+    assert kv_c.filled[layer] == pos + 1
+    monkeypatch.setattr(ck, "ENABLED", False)
+    bf16 = tf.layer(layer, x, pos, kv_torch)
+    rel = lambda a: ((a - ref).norm() / (ref - x).norm()).item()      # noqa: E731
+    print(f"\nlayer {layer} ({variant}): update error C {rel(ours):.2e}, torch bf16 {rel(bf16):.2e}")
+    assert rel(ours) < 1e-3 and rel(ours) < rel(bf16)
+    # K (after RoPE) and V written at pos, as the exact layer wrote them
+    for a, b in ((kv_c.k, kv_exact.k), (kv_c.v, kv_exact.v)):
+        got, want = a[layer, :, pos], b[layer, :, pos]
+        assert ((got - want).norm() / want.norm()) < 1e-3
+    # x itself is not modified; the cache before pos is untouched
+    assert torch.equal(x, x0)
+    assert torch.equal(kv_c.k[layer, :, :pos], s.kv.k[layer, :, :pos])
+    realm.session_free(s)
+
+
+def test_c_layer_gives_the_same_bits_on_1_and_2_threads(mid):
+    s, nxt = _session_at(mid)
+    tf, pos = s.tf, s.n_tokens
+    x = tf.embed(torch.tensor([nxt]))
+    threads = torch.get_num_threads()
+    outs = []
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            kv = _kv_copy(s.kv)
+            outs.append((tf.layer(4, x, pos, kv), kv.k[4, :, pos].clone()))
+    finally:
+        torch.set_num_threads(threads)
+    for y, k in outs[1:]:
+        assert torch.equal(y, outs[0][0]) and torch.equal(k, outs[0][1])
+    realm.session_free(s)
+
+
+def test_c_head_refines_the_top_logits_in_f32(mid, model):
+    s, nxt = _session_at(mid)
+    tf = s.tf
+    x = tf.embed(torch.tensor([nxt, 7, 1000]))
+    logits = tf.logits(x)                                                     # C head, T = 3
+    h = torch.nn.functional.rms_norm(x, (x.shape[1],), tf.out_norm, tf.cfg.rms_eps)
+    exact = h @ model.dequantize(tf.head_name).t()
+    top = exact.topk(10, dim=-1).indices
+    assert torch.equal(logits.argmax(-1), exact.argmax(-1))
+    assert (logits.gather(1, top) - exact.gather(1, top)).abs().max() < 1e-4
+    assert (logits - exact).abs().max() < 0.05                               # the rest: the gemv
+    realm.session_free(s)
+
+
+# ---- switches and fallbacks -----------------------------------------------------------------
+
+def test_disabled_at_run_time_uses_the_torch_path(mid, monkeypatch):
+    monkeypatch.setattr(ck, "ENABLED", False)
+
+    def boom(*args):
+        raise AssertionError("C step used while disabled")
+
+    monkeypatch.setattr(ck.Decoder, "step", boom)
+    monkeypatch.setattr(ck.Decoder, "logits", boom)
+    s = realm.create_session(mid, 64, precision="fast")
+    assert realm.generate(s, "The capital of France is", max_tokens=2).text.startswith(" Paris")
+    realm.session_free(s)
+
+
+def test_env_switch_off_and_variant_cap():
+    code = ("import realm_embed as realm; from realm_embed import cpu_kernels as ck; "
+            "assert not ck.ENABLED; print(ck.variant()); "
+            "s = realm.create_session(realm.store_model(), 64, precision='fast'); "
+            "print(repr(realm.generate(s, 'The capital of France is', max_tokens=1).text))")
+    env = dict(os.environ, REALM_CPU_KERNELS="0", REALM_CPU_VARIANT="scalar")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["scalar", "' Paris'"]
+
+
+def test_no_library_means_the_torch_path(model, monkeypatch):
+    monkeypatch.setattr(ck, "lib", None)
+    tf = FastTransformer(model, torch.device("cpu"))
+    assert tf.cpu is None
+
+
+def test_bad_shapes_are_refused_not_run():
+    raw = torch.zeros(20 * 4, dtype=torch.uint8)
+    with pytest.raises(RuntimeError, match="bad shape"):
+        ck.gemv(ck.Mat(raw.data_ptr(), int(QT.Q4_1), 4, 48, 0, 20), torch.zeros(1, 48))
+    with pytest.raises(RuntimeError, match="unsupported weight type"):
+        ck.gemv(ck.Mat(raw.data_ptr(), int(QT.Q5_0), 4, 32, 0, 20), torch.zeros(1, 32))
