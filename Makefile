@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.realm-setup
 
-.PHONY: setup tools guests run test test-python test-go test-node bench clean
+.PHONY: setup build-tools tools guests run test test-python test-go test-node bench clean
 
 LIB    := realm_embed/librealm.so
 
@@ -14,15 +14,28 @@ NODE_MODULES := $(JS)/node_modules/.package-lock.json
 
 setup: $(STAMP) $(LIB) guests
 
+# Installs Debian packages $(1) when the list is not empty (as root, or through sudo).
+define apt_install
+	@if [ -n "$(strip $(1))" ]; then \
+	  echo "installing $(strip $(1)) from Debian"; \
+	  export DEBIAN_FRONTEND=noninteractive; SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $(1) >/dev/null; fi
+endef
+
+# What the install itself needs: venv support, and a C compiler with Python's headers (setup.py
+# builds librealm.so and the CPU decode kernels).  A bare Debian python3 has neither.
+SETUP_APT := $(if $(shell command -v cc),,gcc) \
+             $(if $(shell python3 -c 'import ensurepip' 2>/dev/null && echo y),,python3-venv) \
+             $(if $(shell python3 -c 'import os, sysconfig; print(os.path.isfile(os.path.join(sysconfig.get_paths()["include"], "Python.h")) or "")' 2>/dev/null),,python3-dev)
+build-tools:
+	$(call apt_install,$(SETUP_APT))
+
 # System tools the tests need beyond Python: Go (cgo binding), pkg-config, clang + lld (wasm
 # guests).  Installed from Debian when missing; Node 20 and npm come with the machine.
 APT_NEEDS := $(if $(shell command -v go),,golang-go) $(if $(shell command -v pkg-config),,pkg-config) \
              $(if $(shell command -v clang),,clang) $(if $(shell command -v wasm-ld),,lld)
-tools:
-	@if [ -n "$(strip $(APT_NEEDS))" ]; then \
-	  echo "installing $(strip $(APT_NEEDS)) from Debian"; \
-	  export DEBIAN_FRONTEND=noninteractive; SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $(APT_NEEDS) >/dev/null; fi
+tools: build-tools
+	$(call apt_install,$(APT_NEEDS))
 	@command -v npm >/dev/null || { echo "npm not found: install Node.js 20 or newer" >&2; exit 1; }
 
 # The reference wasm guests are shipped built in realm_embed/guests/; rebuild them where clang is.
@@ -32,7 +45,7 @@ guests:
 
 # torch==2.13.0 first: it is the CPU wheel on this machine's disk, and it satisfies the range in
 # pyproject.toml, so the editable install below pulls no multi-GB CUDA build.
-$(STAMP): pyproject.toml setup.py Makefile
+$(STAMP): pyproject.toml setup.py Makefile | build-tools
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
