@@ -6,7 +6,10 @@
 //    realm_embed.tokenize called from Python.
 //
 //   cd bindings/js && npm install
-//   REALM_PYTHON=.venv/bin/python node bench/bench_node.mjs [--reps 3] [--json out.json]
+//   REALM_PYTHON=.venv/bin/python node bench/bench_node.mjs [--reps 3] [--precision exact|fast] [--json out.json]
+//
+// --precision picks both paths' sessions (default exact): fast decodes ~10x faster, so the
+// binding's per-token cost weighs ~10x more there.
 //
 // Prints a table, then one JSON line.  Medians of --reps runs with the spread, because the
 // machine may be shared.
@@ -26,6 +29,8 @@ const PREFILL = Number(opt('--prefill', 128));
 const DECODE = Number(opt('--decode', 64));
 const CALLS = Number(opt('--calls', 20000));
 const JSON_OUT = opt('--json');
+const PRECISION = opt('--precision', 'exact');
+if (!['exact', 'fast'].includes(PRECISION)) throw new Error(`--precision must be exact or fast, got ${PRECISION}`);
 const PYTHON = process.env.REALM_PYTHON || path.join(ROOT, '.venv/bin/python');
 const TEXT = 'The history of the city is long and full of surprises. '.repeat(40);
 const SHORT = 'Hello, world';
@@ -45,7 +50,7 @@ const model = Model.storeDefault();
 const ids = model.tokenize(TEXT).subarray(0, PREFILL);
 
 function decodeOnce(prefillIds, nDecode) {
-  const s = model.createSession({ nCtx: prefillIds.length + nDecode + 1 });
+  const s = model.createSession({ nCtx: prefillIds.length + nDecode + 1, precision: PRECISION });
   const t0 = now();
   let token = argmax(s.decode(prefillIds));
   const t1 = now();
@@ -87,7 +92,7 @@ import realm_embed as realm
 mid = realm.store_model()
 ids = realm.tokenize(mid, ${JSON.stringify(TEXT)})[:${PREFILL}]
 def once(p, n):
-    s = realm.create_session(mid, len(p) + n + 1)
+    s = realm.create_session(mid, len(p) + n + 1, precision=${JSON.stringify(PRECISION)})
     t0 = time.perf_counter(); tok = int(realm.decode(s, p).argmax()); t1 = time.perf_counter()
     for _ in range(n): tok = int(realm.decode(s, [tok]).argmax())
     t2 = time.perf_counter(); realm.session_free(s)
@@ -119,13 +124,13 @@ for (const key of Object.keys(callRows[0])) {
     nodeSpread: spread(n), pythonSpread: key.startsWith('tokenize') ? spread(py.tokenize_us) : '' });
 }
 console.log(`Node ${process.version}, koffi ${native.koffi.version}, library ${Realm.version()} (${Realm.libraryPath()}); ` +
-  `prefill ${PREFILL}, decode ${DECODE} greedy, ${REPS} reps, ${CALLS} calls per overhead rep (x10 for abi_version); torch threads 1`);
+  `precision ${PRECISION}, prefill ${PREFILL}, decode ${DECODE} greedy, ${REPS} reps, ${CALLS} calls per overhead rep (x10 for abi_version); torch threads 1`);
 console.log(`${'measure'.padEnd(28)} ${'node'.padStart(10)} ${'python'.padStart(10)} ${'node/py'.padStart(8)}  spread node | python`);
 for (const r of rows) {
   const f = (x) => (x === null ? '-' : fmt(x));
   console.log(`${r.what.padEnd(28)} ${f(r.node).padStart(10)} ${f(r.python).padStart(10)} ${(r.ratio === null ? '-' : r.ratio.toFixed(2)).padStart(8)}  ${r.nodeSpread} | ${r.pythonSpread}`);
 }
-const result = { node: process.version, koffi: native.koffi.version, prefill: PREFILL, decode: DECODE, reps: REPS, rows };
+const result = { node: process.version, koffi: native.koffi.version, precision: PRECISION, prefill: PREFILL, decode: DECODE, reps: REPS, rows };
 console.log(JSON.stringify(result));
 if (JSON_OUT) fs.writeFileSync(JSON_OUT, JSON.stringify(result, null, 1));
 model.close();

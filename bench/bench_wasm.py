@@ -1,6 +1,7 @@
 """Guest-driven generation vs the Python path, in the same run.
 
-    .venv/bin/python bench/bench_wasm.py [--model PATH] [--tokens 32] [--reps 3] [--tenants 8] [--json out.json]
+    .venv/bin/python bench/bench_wasm.py [--model PATH] [--tokens 32] [--reps 3] [--tenants 8]
+                                         [--precision exact|fast] [--json out.json]
 
 Rows: tok/s of the reference guest (layer by layer and fused; host top-k and full logits) against
 realm.generate on the same prompt and token count (greedy, so the same tokens), the ratio to it,
@@ -8,6 +9,9 @@ the Python per-layer API loop (what the layer-by-layer guest costs without wasm)
 the time inside imports that is not model compute, and the guest's memory.  Then the cost of one
 host call (raw wasmtime-py and a realm import), and host RSS per added tenant.  Medians of
 --reps interleaved runs, with the spread, because this machine is shared and noisy.
+
+--precision is the tenants' (the host's policy) and the Python paths' alike: fast decodes ~10x
+faster, so the guest's per-token cost (wasm, imports, copies) weighs ~10x more there.
 """
 import argparse
 import json
@@ -36,8 +40,8 @@ LOOP_WAT = """(module
     (loop $l (drop (call $v)) (local.tee $n (i32.sub (local.get $n) (i32.const 1))) (br_if $l))))"""
 
 
-def python_run(mid, prompt, n):
-    s = realm.create_session(mid, 512)
+def python_run(mid, prompt, n, precision):
+    s = realm.create_session(mid, 512, precision=precision)
     t0 = time.perf_counter()
     out = realm.generate(s, prompt, max_tokens=n)
     dt = time.perf_counter() - t0
@@ -45,12 +49,12 @@ def python_run(mid, prompt, n):
     return out, dt
 
 
-def python_layers_run(mid, prompt, n):
+def python_layers_run(mid, prompt, n, precision):
     """The same greedy generation through the Python per-layer API (embed, forward_layer, logits):
     what the layer-by-layer guest does, without wasm."""
     L = realm.get_model_info(mid)["n_layer"]
     eot = REGISTRY.get(mid).tokenizer.eot_ids
-    s = realm.create_session(mid, 512)
+    s = realm.create_session(mid, 512, precision=precision)
     t0 = time.perf_counter()
     ids, pos, out = realm.tokenize(mid, prompt), 0, []
     while len(out) < n:
@@ -66,6 +70,18 @@ def python_layers_run(mid, prompt, n):
     dt = time.perf_counter() - t0
     realm.session_free(s)
     return out, dt
+
+
+def same_tokens(name, got, want, precision) -> bool:
+    """Greedy paths give the same tokens.  Exact mode guarantees it (a mismatch is a bug); fast
+    mode's layer loop and fused step may round apart late in a long run: reported, not fatal."""
+    if got == want:
+        return True
+    if precision == "exact":
+        raise AssertionError((name, got, want))
+    first = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
+    print(f"note: {name} left the Python path's tokens at token {first} (fast precision)")
+    return False
 
 
 def host_call_cost(host, mid, n=20000):
@@ -111,6 +127,8 @@ def main():
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--tenants", type=int, default=8)
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0 = torch's default)")
+    ap.add_argument("--precision", choices=("exact", "fast"), default="exact",
+                    help="the tenants' sessions (a host policy) and the Python paths'")
     ap.add_argument("--json")
     args = ap.parse_args()
     if args.threads:
@@ -118,34 +136,38 @@ def main():
 
     mid = realm.store_model(args.model)
     chat = realm.apply_chat_template(mid, [{"role": "user", "content": PROMPT}])
-    host = Host()
+    host = Host(precision=args.precision)
     tenants = {name: host.tenant("generate", mid, name=name) for name in MODES}   # one per mode: its memory
-    python_run(mid, chat, 2)                                     # warm-up: dequantize the weights
+    python_run(mid, chat, 2, args.precision)                     # warm-up: dequantize / pack the weights
     for name, kw in MODES.items():
         tenants[name].generate(PROMPT, max_tokens=2, **kw)
 
     times = {"python generate": [], "python layer-by-layer API": []}
-    stats = {}
+    stats, counts, same = {}, {}, {}
     for _ in range(args.reps):
-        ref, dt = python_run(mid, chat, args.tokens)
+        ref, dt = python_run(mid, chat, args.tokens, args.precision)
         times["python generate"].append(dt)
-        layers, dt = python_layers_run(mid, chat, args.tokens)
-        assert layers == ref.token_ids
+        counts["python generate"] = len(ref.token_ids)
+        layers, dt = python_layers_run(mid, chat, args.tokens, args.precision)
+        same["python layer-by-layer API"] = same_tokens("python layer-by-layer API", layers, ref.token_ids,
+                                                        args.precision)
         times["python layer-by-layer API"].append(dt)
+        counts["python layer-by-layer API"] = len(layers)
         for name, kw in MODES.items():
             r = tenants[name].generate(PROMPT, max_tokens=args.tokens, **kw)
-            assert r.token_ids == ref.token_ids, (name, r.token_ids, ref.token_ids)
+            same[name] = same_tokens(name, r.token_ids, ref.token_ids, args.precision)
             times.setdefault(name, []).append(r.seconds)
-            stats[name] = r
+            stats[name], counts[name] = r, len(r.token_ids)
     n = len(ref.token_ids)
-    base = statistics.median(times["python generate"])
+    base = n / statistics.median(times["python generate"])
     rows = []
     for name, ts in times.items():
+        k = counts[name]                     # tok/s of each path's own tokens (fast: may differ late)
         med = statistics.median(ts)
         r = stats.get(name)
         rows.append({
-            "path": name, "tokens": n, "tok_s": n / med, "min": n / max(ts), "max": n / min(ts),
-            "vs_python": base / med,
+            "path": name, "tokens": k, "tok_s": k / med, "min": k / max(ts), "max": k / min(ts),
+            "vs_python": k / med / base, "same_tokens": same.get(name, True),
             "host_calls": r.host_calls if r else None,
             "overhead_ms": (r.host_seconds - r.compute_seconds) * 1e3 if r else None,
             "guest_kib": r.memory_bytes / 1024 if r else None})
@@ -155,7 +177,8 @@ def main():
         t.close()
     host.close()
 
-    print(f"prompt: chat {PROMPT!r}, {n} generated tokens (greedy, same tokens on every path), "
+    print(f"prompt: chat {PROMPT!r}, {n} generated tokens (greedy, same tokens on every path"
+          f"{'' if all(same.values()) else ' but those noted'}), precision {args.precision}, "
           f"torch threads {torch.get_num_threads()}")
     print(f"{'path':<36} {'tok/s':>7} {'spread':>13} {'vs python':>9} {'calls':>6} {'import overhead':>16} {'guest mem':>9}")
     for r in rows:
@@ -166,8 +189,8 @@ def main():
           f"Python -> guest export {export_us:.1f} µs")
     print(f"host RSS per tenant ({args.tenants} tenants, one model): {idle / 2**20:.2f} MiB created, "
           f"{used / 2**20:.2f} MiB after a run each")
-    result = {"tokens": n, "rows": rows, "host_call_us": {"wasmtime_py_raw": raw_us, "realm_import": realm_us,
-                                                         "export_call": export_us},
+    result = {"tokens": n, "precision": args.precision, "rows": rows,
+              "host_call_us": {"wasmtime_py_raw": raw_us, "realm_import": realm_us, "export_call": export_us},
               "rss_per_tenant_mib": {"created": idle / 2**20, "after_run": used / 2**20},
               "torch_threads": torch.get_num_threads()}
     print(json.dumps(result))

@@ -11,7 +11,10 @@ change of load on a shared machine hits them alike):
   llama.cpp                   llama-bench, built once from the llama-cpp-python sdist (bench/llamacpp.py)
   transformers f32            AutoModelForCausalLM.from_pretrained(folder, gguf_file=...), the same ids
   host paths, when present    bench/bench_capi.py (C ABI), bench/bench_node.mjs, bench/bench_go.sh,
-                              bench/bench_wasm.py; each runs its own loop and joins the table
+                              bench/bench_wasm.py; each runs its own loop, once per precision (exact,
+                              fast), against the Python path at that precision in the same run (the
+                              ratio is in the row's note), and joins the table after that precision's
+                              realm python row
 Plus: init (import realm_embed + store), store, time to first token (cold: first session after
 store, weights prepared on first use; warm: a 128-token prompt), peak RSS, and the host memory
 each added tenant (session with 128 tokens cached) costs, for 1/2/4/8/16 tenants.
@@ -39,6 +42,8 @@ RESULTS = ROOT / "bench" / "results"
 PREFILL, DECODE = 128, 64
 TEXT = "The history of the city is long and full of surprises. " * 40
 TENANTS = (1, 2, 4, 8, 16)
+PRECISIONS = ("exact", "fast")
+ANCHORS = ("llama.cpp", "transformers f32")
 
 
 def stats(values) -> dict:
@@ -199,66 +204,85 @@ def _tmp_json() -> str:
     return path
 
 
+def host_precisions(args) -> list[str]:
+    """The precisions the host paths run at: both, less any named in --skip."""
+    return [p for p in PRECISIONS if p not in args.skip]
+
+
 def host_capi(args) -> list[dict]:
     rows = []
-    for threads in args.threads:
-        r = subprocess.run([sys.executable, "bench/bench_capi.py", "--rounds", str(args.reps), "--tokens", str(DECODE),
-                            "--threads", str(threads), "--calls", "20000"],
-                           capture_output=True, text=True, timeout=1200, cwd=ROOT, check=True)
-        vals = {line.split("  ")[0].strip(): line for line in r.stdout.splitlines()}
-        c = float(vals["decode via the C ABI"].split()[-2])
-        py = float(vals["decode via Python"].split()[-2])
-        rows.append({"path": "C ABI (C host), exact", "threads": threads, "decode": stats([c]),
-                     "note": f"its own loop; Python in the same run {py:.1f} tok/s, ratio {c / py:.3f}"})
+    for precision in host_precisions(args):
+        for threads in args.threads:
+            r = subprocess.run([sys.executable, "bench/bench_capi.py", "--rounds", str(args.reps), "--tokens",
+                                str(DECODE), "--threads", str(threads), "--calls", "20000", "--precision", precision],
+                               capture_output=True, text=True, timeout=1200, cwd=ROOT, check=True)
+            vals = {line.split("  ")[0].strip(): line for line in r.stdout.splitlines()}
+            c = float(vals["decode via the C ABI"].split()[-2])
+            py = float(vals["decode via Python"].split()[-2])
+            rows.append({"path": f"C ABI (C host), {precision}", "threads": threads, "decode": stats([c]),
+                         "note": f"its own loop; Python {precision} in the same run {py:.1f} tok/s, "
+                                 f"ratio {c / py:.3f}"})
     return rows
 
 
 def host_node(args) -> list[dict]:
     if not shutil.which("node") or not (ROOT / "bindings/js/node_modules").is_dir():
         raise FileNotFoundError("node or bindings/js/node_modules missing (cd bindings/js && npm install)")
-    out = _tmp_json()
-    subprocess.run(["node", "bench/bench_node.mjs", "--reps", str(args.reps), "--json", out], capture_output=True,
-                   text=True, timeout=1200, cwd=ROOT, check=True, env={**os.environ, "REALM_PYTHON": sys.executable})
-    data = json.loads(Path(out).read_text())
-    row = {"path": "Node (koffi), exact", "threads": 1, "note": "its own loop; "}
-    for r in data["rows"]:
-        for phase in ("prefill", "decode"):
-            if r["what"] == f"{phase} tok/s":
-                lo, hi = (float(x) for x in r["nodeSpread"].split(".."))
-                row[phase] = {"median": r["node"], "min": lo, "max": hi, "n": data["reps"]}
-                row["note"] += f"{phase} vs Python {r['ratio']:.3f} "
-    return [row]
+    rows = []
+    for precision in host_precisions(args):
+        out = _tmp_json()
+        subprocess.run(["node", "bench/bench_node.mjs", "--reps", str(args.reps), "--precision", precision,
+                        "--json", out], capture_output=True, text=True, timeout=1200, cwd=ROOT, check=True,
+                       env={**os.environ, "REALM_PYTHON": sys.executable})
+        data = json.loads(Path(out).read_text())
+        row = {"path": f"Node (koffi), {precision}", "threads": 1, "note": "its own loop; "}
+        for r in data["rows"]:
+            for phase in ("prefill", "decode"):
+                if r["what"] == f"{phase} tok/s":
+                    lo, hi = (float(x) for x in r["nodeSpread"].split(".."))
+                    # the spread is printed rounded: keep the median inside it (the chart's whiskers)
+                    row[phase] = {"median": r["node"], "min": min(lo, r["node"]), "max": max(hi, r["node"]),
+                                  "n": data["reps"]}
+                    row["note"] += f"{phase} vs Python {precision} {r['ratio']:.3f} "
+        rows.append(row)
+    return rows
 
 
 def host_go(args) -> list[dict]:
     if not shutil.which("go"):
         raise FileNotFoundError("go is not installed")
-    out = _tmp_json()
-    subprocess.run(["sh", "bench/bench_go.sh", "-reps", str(args.reps), "-json", out], capture_output=True, text=True,
-                   timeout=1800, cwd=ROOT, check=True)
-    data = json.loads(Path(out).read_text())
-    row = {"path": "Go (cgo), exact", "threads": 1, "note": "its own loop; "}
-    for r in data["rows"]:
-        for phase in ("prefill", "decode"):
-            if r["metric"].startswith(phase) and r["unit"] == "tok/s":
-                row[phase] = {"median": r["go"], "min": r["go_min"], "max": r["go_max"], "n": args.reps}
-                if r.get("python"):
-                    row["note"] += f"{phase} vs Python {r['go'] / r['python']:.3f} "
-    return [row]
+    rows = []
+    for precision in host_precisions(args):
+        out = _tmp_json()
+        subprocess.run(["sh", "bench/bench_go.sh", "-reps", str(args.reps), "-precision", precision, "-json", out],
+                       capture_output=True, text=True, timeout=1800, cwd=ROOT, check=True)
+        data = json.loads(Path(out).read_text())
+        row = {"path": f"Go (cgo), {precision}", "threads": 1, "note": "its own loop; "}
+        for r in data["rows"]:
+            for phase in ("prefill", "decode"):
+                if r["metric"].startswith(phase) and r["unit"] == "tok/s":
+                    row[phase] = {"median": r["go"], "min": r["go_min"], "max": r["go_max"], "n": args.reps}
+                    if r.get("python"):
+                        row["note"] += f"{phase} vs Python {precision} {r['go'] / r['python']:.3f} "
+        rows.append(row)
+    return rows
 
 
 def host_wasm(args) -> list[dict]:
     rows = []
-    for threads in args.threads:
-        out = _tmp_json()
-        subprocess.run([sys.executable, "bench/bench_wasm.py", "--reps", str(args.reps), "--tokens", str(DECODE),
-                        "--threads", str(threads), "--json", out], capture_output=True, text=True, timeout=1800,
-                       cwd=ROOT, check=True)
-        for r in json.loads(Path(out).read_text())["rows"]:
-            if r["path"].startswith("guest"):
-                rows.append({"path": f"wasm {r['path'][6:]}, exact", "threads": threads,
-                             "decode": {"median": r["tok_s"], "min": r["min"], "max": r["max"], "n": args.reps},
-                             "note": f"generate loop incl. sampling; vs Python generate {r['vs_python']:.3f}"})
+    for precision in host_precisions(args):
+        for threads in args.threads:
+            out = _tmp_json()
+            subprocess.run([sys.executable, "bench/bench_wasm.py", "--reps", str(args.reps), "--tokens", str(DECODE),
+                            "--threads", str(threads), "--precision", precision, "--json", out],
+                           capture_output=True, text=True, timeout=1800, cwd=ROOT, check=True)
+            for r in json.loads(Path(out).read_text())["rows"]:
+                if r["path"].startswith("guest"):
+                    same = "" if r.get("same_tokens", True) else "; tokens left the Python path's late"
+                    rows.append({"path": f"wasm {r['path'][6:]}, {precision}", "threads": threads,
+                                 "decode": {"median": r["tok_s"], "min": r["min"], "max": r["max"], "n": args.reps},
+                                 "note": f"generate loop incl. sampling; vs Python generate {precision} "
+                                         f"{r['vs_python']:.3f}{same}"})
     return rows
 
 
@@ -271,6 +295,17 @@ HOSTS = {  # name -> (script that must exist, runner)
 
 
 # ---- report ------------------------------------------------------------------------------------
+
+def row_order(row: dict) -> tuple:
+    """Table and chart order, per thread count: the anchors, then for each precision its realm
+    python row followed by the host paths at that precision (whose ratios are against it)."""
+    path = row["path"]
+    if path in ANCHORS:
+        return row["threads"], ANCHORS.index(path), 0, path
+    precision = path.rsplit(" ", 1)[-1]
+    group = PRECISIONS.index(precision) if precision in PRECISIONS else len(PRECISIONS)
+    return row["threads"], len(ANCHORS) + group, 0 if path.startswith("realm python") else 1, path
+
 
 def fmt_stat(s) -> str:
     return "-" if not s else f"{s['median']:7.1f} ({s['min']:.0f}..{s['max']:.0f})"
@@ -289,10 +324,10 @@ def table(rows: list[dict]) -> str:
         llama = next((r for r in at if r["path"] == "llama.cpp"), None)
         hf = next((r for r in at if r["path"].startswith("transformers")), None)
         lines.append(f"\n{threads} thread{'s' if threads > 1 else ''}: tok/s median (min..max); ratios of medians")
-        lines.append(f"{'path':<34} {'prefill 128':>20} {'decode 64':>20}  {'pre/llama':>9} {'dec/llama':>9}"
+        lines.append(f"{'path':<40} {'prefill 128':>20} {'decode 64':>20}  {'pre/llama':>9} {'dec/llama':>9}"
                      f" {'pre/HF':>7} {'dec/HF':>7}")
         for r in at:
-            lines.append(f"{r['path']:<34} {fmt_stat(r.get('prefill')):>20} {fmt_stat(r.get('decode')):>20}  "
+            lines.append(f"{r['path']:<40} {fmt_stat(r.get('prefill')):>20} {fmt_stat(r.get('decode')):>20}  "
                          f"{ratio(r, llama, 'prefill'):>9} {ratio(r, llama, 'decode'):>9} "
                          f"{ratio(r, hf, 'prefill'):>7} {ratio(r, hf, 'decode'):>7}")
     return "\n".join(lines)
@@ -312,7 +347,8 @@ def chart(result: dict, path: Path) -> str | None:
         items = [r for r in rows if phase in r]
         labels = [f"{r['path']} · {r['threads']}t" for r in items]
         med = [r[phase]["median"] for r in items]
-        err = [[m - r[phase]["min"] for m, r in zip(med, items)], [r[phase]["max"] - m for m, r in zip(med, items)]]
+        err = [[max(0.0, m - r[phase]["min"]) for m, r in zip(med, items)],      # >= 0: matplotlib refuses less
+               [max(0.0, r[phase]["max"] - m) for m, r in zip(med, items)]]
         colors = ["tab:gray" if r["path"] == "llama.cpp" else "tab:orange" if r["path"].startswith("transformers")
                   else "tab:blue" if r["threads"] == threads[0] else "tab:cyan" for r in items]
         y = range(len(items))
@@ -345,8 +381,9 @@ def main(argv=None) -> int:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--quick", action="store_true", help="2 repetitions, no host paths, no tenant sweep")
-    ap.add_argument("--skip", nargs="*", default=[], help="any of: exact fast llama.cpp transformers tenants "
-                                                          + " ".join(HOSTS))
+    ap.add_argument("--skip", nargs="*", default=[],
+                    help="any of: exact fast (that precision's Python path and host rows) llama.cpp transformers "
+                         "tenants " + " ".join(HOSTS))
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--precision", default="exact", help=argparse.SUPPRESS)
     ap.add_argument("--ids", help=argparse.SUPPRESS)
@@ -446,8 +483,7 @@ def main(argv=None) -> int:
         attempt(name, lambda fn=fn: rows.extend(fn(args)))
     result["machine"]["load_avg_end"] = os.getloadavg()
 
-    order = ["llama.cpp", "transformers f32", "realm python exact", "realm python fast"]
-    rows.sort(key=lambda r: (r["threads"], order.index(r["path"]) if r["path"] in order else len(order), r["path"]))
+    rows.sort(key=row_order)
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     json_path, png_path = RESULTS / f"run-{stamp}.json", RESULTS / f"run-{stamp}.png"
@@ -455,6 +491,11 @@ def main(argv=None) -> int:
     print(f"\nrealm-embed bench — {result['model_name']}, {result['machine']['cpu']} ({os.cpu_count()} cores), "
           f"torch {torch.__version__}, {args.reps} reps, load avg {result['machine']['load_avg_start'][0]:.1f} at start")
     print(table(rows))
+    hosts = [r for r in rows if r.get("note") and r["path"] not in ANCHORS]
+    if hosts:                   # the host paths' own ratios against Python at the same precision
+        print("\nhost paths against the Python path at the same precision, measured in the same run:")
+        for r in hosts:
+            print(f"  {r['path']:<40} {r['threads']}t  {r['note'].strip()}")
     if misc:
         print(f"\n{'path':<22} {'init s':>7} {'store s':>8} {'TTFT cold':>10} {'TTFT warm':>10} {'peak RSS':>9}"
               f"  per-tenant RSS (1/2/4/8/16)")

@@ -1,14 +1,17 @@
 """Guests on the real model: the reference guest's greedy tokens equal the Python path's token for
-token (layer by layer and fused, top-k and full logits), its own sampler and stop rule work, the
-ban_word guest really owns decoding, and 8 tenants share one stored model."""
+token (layer by layer and fused, top-k and full logits; exact and fast precision), its own sampler
+and stop rule work, the ban_word guest really owns decoding, 8 tenants share one stored model, and
+the host, not the guest, picks the precision of every session a guest makes."""
 import threading
 
 import pytest
 
 import realm_embed as realm
+from realm_embed.errors import ArgumentError
 from realm_embed.storage import REGISTRY
 from realm_embed.wasm import Host, Limits, Tenant
 from realm_embed.wasm.runner import rss_bytes
+from wasm_util import Proxy, proxy_wat
 
 QUESTION = "What is the capital of France?"
 RAW = "The capital of France is"
@@ -20,8 +23,8 @@ def host():
         yield h
 
 
-def python_generate(mid, prompt, *, chat=False, **kwargs):
-    s = realm.create_session(mid, 128)
+def python_generate(mid, prompt, *, chat=False, precision="exact", **kwargs):
+    s = realm.create_session(mid, 128, precision=precision)
     try:
         if chat:
             prompt = realm.apply_chat_template(mid, [{"role": "user", "content": prompt}])
@@ -147,3 +150,48 @@ def test_cli_guest_runs_tenants_and_reports_memory(mid, capsys):
     assert out.strip() and "Paris" not in out
     assert main(["guest", "/nonexistent.wasm"]) == 2
     assert "cannot read guest /nonexistent.wasm" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["layer-by-layer", "fused"])
+def test_fast_tenant_equals_the_fast_python_path(host, mid, fused):
+    expected = python_generate(mid, RAW, max_tokens=4, precision="fast")
+    with host.tenant("generate", mid, precision="fast") as t:
+        assert t.precision == "fast" and host.precision == "exact"
+        r = t.generate(RAW, chat=False, max_tokens=4, fused=fused)
+    assert (r.token_ids, r.text) == (expected.token_ids, expected.text)
+    assert r.text.startswith(" Paris")
+
+
+def test_the_host_picks_every_guest_sessions_precision(host, mid):
+    OUT = 0x100
+
+    def precisions(t):
+        p = Proxy(t)
+        assert p.session_create(1, 32, OUT) == 0
+        assert p.session_fork(p.u32(OUT), OUT + 4) == 0                   # the fork keeps it
+        return [s.precision for s in t.sessions()]
+
+    with host.tenant(proxy_wat(), mid, precision="fast") as t:
+        assert precisions(t) == ["fast", "fast"]
+    with host.tenant(proxy_wat(), mid) as t:                               # the host's default
+        assert precisions(t) == ["exact", "exact"]
+    with Host(precision="fast") as fast_host, fast_host.tenant(proxy_wat(), mid) as t:
+        assert t.precision == "fast" and precisions(t) == ["fast", "fast"]
+        with fast_host.tenant(proxy_wat(), mid, precision="exact") as t2:  # a tenant overrides it
+            assert precisions(t2) == ["exact", "exact"]
+
+
+@pytest.mark.parametrize("bad", ["slow", "FAST", "", 1, b"fast"])
+def test_bad_precision_is_rejected_naming_the_value(host, mid, bad):
+    with pytest.raises(ArgumentError, match=rf"^precision={bad!r} must be one of 'exact', 'fast'"):
+        host.tenant("generate", mid, precision=bad)
+    with pytest.raises(ArgumentError, match=rf"^precision={bad!r}"):
+        Host(precision=bad)
+
+
+def test_cli_guest_precision(mid, capsys):
+    from realm_embed.cli import main
+    assert main(["guest", "--raw", "--fused", "--prompt", RAW, "--max-tokens", "2", "--precision", "fast"]) == 0
+    assert capsys.readouterr().out == " Paris.\n"
+    assert main(["guest", "--precision", "slow"]) == 2
+    assert "realm: error: --precision='slow' must be one of 'exact', 'fast'" in capsys.readouterr().err

@@ -228,7 +228,14 @@ export interface GuestLimits {
   maxLogBytes?: number;
 }
 
-export interface TenantOptions extends GuestLimits {
+/** How a tenant's sessions compute; the host picks it, the guest cannot ask for another. */
+export interface GuestHostOptions extends GuestLimits {
+  /** 'exact' (default): f32 weights; 'fast': 4-bit weights, bf16 activations.  Every session the
+   *  guest creates gets it (a fork keeps its parent's); anything else is REALM_E_ARG. */
+  precision?: 'exact' | 'fast';
+}
+
+export interface TenantOptions extends GuestHostOptions {
   name?: string;
   /** text the guest emits (realm_emit), decoded as UTF-8 across calls; an exception cancels the call */
   onText?: (text: string) => void;
@@ -293,10 +300,13 @@ export class GuestModule {
 export type GuestSource = Uint8Array | ArrayBuffer | string | URL | GuestModule;
 
 export class GuestHost {
-  constructor(limits?: GuestLimits);
+  /** default limits and precision of its tenants (TenantOptions override them) */
+  constructor(options?: GuestHostOptions);
   static readonly abiVersion: number;
   static readonly imports: Record<string, { params: string[]; results: string[] }>;
   readonly limits: Readonly<Required<GuestLimits>>;
+  /** the default precision of its tenants' sessions */
+  readonly precision: 'exact' | 'fast';
   /** .wasm bytes, a path, or a shipped guest's name ("generate", "ban_word") */
   load(source: GuestSource): GuestModule;
   tenant(guest: GuestSource, model: Model | bigint | number, options?: TenantOptions): Promise<Tenant>;
@@ -309,6 +319,8 @@ export class Tenant {
   onLog: ((level: number, text: string) => void) | null;
   readonly guest: GuestModule;
   readonly limits: Readonly<Required<GuestLimits>>;
+  /** the precision of every session this guest creates (chosen by the host) */
+  readonly precision: 'exact' | 'fast';
   readonly closed: boolean;
   readonly modelId: bigint;
   readonly lastError: string;

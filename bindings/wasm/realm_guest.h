@@ -200,13 +200,15 @@ REALM_IMPORT(chat_template) int32_t realm_chat_template(realm_handle model, cons
 
 /* ---- sessions: one sequence each, with its own KV cache of n_ctx positions ------------------ */
 
-/* n_ctx 0 = the default (min(2048, n_ctx_train)).
+/* n_ctx 0 = the default (min(2048, n_ctx_train)).  The session's precision (exact f32 or fast
+ * 4-bit weights) is the host's policy for this tenant, not the guest's to choose.
  * Returns: REALM_OK and *session; REALM_E_RANGE (n_ctx > n_ctx_train); REALM_E_LIMIT (this
  * guest's session or KV-position limit); REALM_E_NOT_FOUND (model); REALM_E_ARG (session NULL). */
 REALM_IMPORT(session_create) int32_t realm_session_create(realm_handle model, uint32_t n_ctx,
                                                           realm_handle *session);
 
-/* A new session holding a copy of this one's cache.  Returns as realm_session_create. */
+/* A new session holding a copy of this one's cache (and its precision).  Returns as
+ * realm_session_create. */
 REALM_IMPORT(session_fork) int32_t realm_session_fork(realm_handle session, realm_handle *forked);
 
 /* Free the session and its cache; the handle is never valid again.  0: no-op.

@@ -87,9 +87,14 @@ def _host_function(name: str, sig, fn):
 
 
 class Host:
-    """One wasmtime Engine + Linker; hands out tenants.  Thread-safe; close() when done."""
+    """One wasmtime Engine + Linker; hands out tenants.  Thread-safe; close() when done.
 
-    def __init__(self, *, tick_s: float = 0.01):
+    precision: the default for its tenants' sessions, "exact" (f32) or "fast" (4-bit weights);
+    host.tenant(..., precision=...) overrides it per tenant."""
+
+    def __init__(self, *, tick_s: float = 0.01, precision: str = "exact"):
+        from .tenants import check_precision
+        self.precision = check_precision(precision)
         cfg = wasmtime.Config()
         cfg.consume_fuel = True
         cfg.epoch_interruption = True
@@ -146,7 +151,8 @@ class Host:
         return memory if imp.module == "env" else self.linker.get(store, imp.module, imp.name)
 
     def tenant(self, guest, model_id: int, **kwargs):
-        """A new tenant running `guest` on the stored model `model_id` (see Tenant)."""
+        """A new tenant running `guest` on the stored model `model_id`; kwargs: limits, name,
+        on_emit, on_log, precision (see Tenant)."""
         from .tenants import Tenant
         return Tenant(self, self.load(guest), model_id, **kwargs)
 

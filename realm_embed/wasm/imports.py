@@ -183,7 +183,7 @@ def session_create(t, m, handle, n_ctx, out):
     if n_ctx > n_train:
         raise RangeError(f"n_ctx {n_ctx} exceeds the model's context length {n_train}")
     t.check_session_room(n_ctx or min(rs.DEFAULT_N_CTX, n_train))
-    s = api.create_session(mid, n_ctx)
+    s = api.create_session(mid, n_ctx, precision=t.precision)      # the host's choice, never the guest's
     m.write_u32(out, t.adopt_session(s), "session")
 
 
@@ -192,7 +192,7 @@ def session_fork(t, m, handle, out):
     s = t.handles.get(SESSION, handle)
     m.required(out, 4, "forked")
     t.check_session_room(s.n_ctx)
-    child = api.session_fork(s)
+    child = api.session_fork(s)                  # same precision as its parent
     m.write_u32(out, t.adopt_session(child), "forked")
 
 

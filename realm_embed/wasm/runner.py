@@ -38,6 +38,9 @@ def add_arguments(p) -> None:
     p.add_argument("--fuel", type=int, default=10_000_000_000, help="wasm instructions per call (0 = unlimited)")
     p.add_argument("--memory-mib", type=float, default=64.0, help="guest linear memory limit")
     p.add_argument("--deadline", type=float, default=300.0, help="wall-clock seconds per call into the guest")
+    p.add_argument("--precision", default="exact",
+                   help="how the guests' sessions compute, chosen by the host: exact (f32, default) or fast "
+                        "(4-bit weights)")
     p.add_argument("-v", "--verbose", action="store_true", help="print timing and memory for one tenant too")
 
 
@@ -45,10 +48,11 @@ def main(args) -> int:
     import realm_embed as realm
     from ..errors import ArgumentError
     from .host import Host
-    from .tenants import Limits
+    from .tenants import Limits, check_precision
 
     if args.tenants < 1:
         raise ArgumentError(f"--tenants must be at least 1, got {args.tenants}")
+    check_precision(args.precision, "--precision")      # an ArgumentError before the model is stored
     mid = realm.store_model(args.model)
     limits = Limits(memory_mib=args.memory_mib, fuel=args.fuel, deadline_s=args.deadline)
     single = args.tenants == 1
@@ -59,7 +63,7 @@ def main(args) -> int:
         sys.stdout.flush()
 
     rss0 = rss_bytes()
-    with Host() as host:
+    with Host(precision=args.precision) as host:
         tenants = [host.tenant(args.wasm, mid, limits=limits, name=f"tenant-{i}",
                                on_emit=stream if single else None) for i in range(args.tenants)]
         rss1 = rss_bytes()

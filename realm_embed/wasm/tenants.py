@@ -21,6 +21,7 @@ import wasmtime
 
 from .. import api
 from ..errors import ArgumentError, BusyError, LimitError, NotFoundError
+from ..model import PRECISIONS
 from .errors import GuestLimitError, GuestStop, GuestTrap, error_for
 from .host import _CURRENT, HostCallbackError
 from .imports import MODEL, SESSION
@@ -30,6 +31,13 @@ log = logging.getLogger("realm_embed.wasm")
 
 FINISH = {0: "error", 1: "stop", 2: "eos", 3: "length", 4: "cancelled"}
 RAW, FUSED, FULL_LOGITS = 1, 2, 4          # REALM_GUEST_* flags of the generator convention
+
+
+def check_precision(precision, where: str = "precision") -> str:
+    """precision, if it is one the runtime knows ("exact" | "fast"); else an ArgumentError."""
+    if not isinstance(precision, str) or precision not in PRECISIONS:
+        raise ArgumentError(f"{where}={precision!r} must be one of {', '.join(map(repr, PRECISIONS))}")
+    return precision
 
 
 @dataclass(frozen=True)
@@ -115,11 +123,16 @@ def _i32(v: int) -> int:
 
 
 class Tenant:
+    """precision: how every session this guest creates computes ("exact" | "fast"; None = the
+    host's).  The host picks it, not the guest: it is a platform policy (cost, accuracy), so the
+    guest ABI has no way to ask for another; session_fork keeps its parent's."""
+
     def __init__(self, host, module, model_id: int, *, limits: Limits | None = None, name: str | None = None,
-                 on_emit=None, on_log=None):
+                 on_emit=None, on_log=None, precision: str | None = None):
         self.host, self.module, self.model_id = host, module, model_id
         self.limits = limits or Limits()
         self.limits.validate()
+        self.precision = host.precision if precision is None else check_precision(precision)
         self.name = name or f"tenant-{id(self):x}"
         self.on_emit, self.on_log = on_emit, on_log
         host.model(model_id)                            # NotFoundError for an unknown model
@@ -373,4 +386,5 @@ class Tenant:
         self.close()
 
     def __repr__(self):
-        return f"<Tenant {self.name} model={self.model_id:#x} sessions={len(self.sessions())}>"
+        return (f"<Tenant {self.name} model={self.model_id:#x} {self.precision} "
+                f"sessions={len(self.sessions())}>")

@@ -8,7 +8,7 @@
 //
 //   Realm.init();
 //   const model = Model.storeDefault();
-//   const host = new GuestHost();
+//   const host = new GuestHost({ precision: 'fast' });   // every guest session: 4-bit weights
 //   const t = await host.tenant('generate', model, { memoryMiB: 16, timeoutMs: 10000 });
 //   const out = await t.generate('What is the capital of France?', { maxTokens: 32, fused: true });
 //   await t.close(); await host.close();
@@ -30,6 +30,9 @@
 //    handle table).  Stops of any other kind (a fault, a trap, a deadline seen by an import) keep
 //    the instance, its memory and its sessions, as in the wasmtime host.
 //  - No fuel limit (wasmtime's per-call instruction budget): the deadline is the only CPU limit.
+//  - Precision ('exact' | 'fast') is the host's choice, as in the wasmtime host: every session a
+//    guest creates gets its tenant's precision (a fork keeps its parent's); the ABI has no way
+//    for the guest to ask for another.
 //  - Host callbacks (onText, onLog) run in the main thread, asynchronously to the guest: an
 //    exception in onText (or an aborted signal) cancels the call at the guest's next import call
 //    and reaches the caller unchanged.
@@ -61,6 +64,17 @@ const DEFAULT_LIMITS = Object.freeze({
   maxOutputBytes: 1 << 20,    // realm_emit bytes per call
   maxLogBytes: 64 << 10,      // realm_log bytes per call
 });
+
+const PRECISIONS = ['exact', 'fast'];
+
+/** precision if it is 'exact' or 'fast' (undefined: fallback); else REALM_E_ARG naming it. */
+function validatePrecision(where, precision, fallback = 'exact') {
+  if (precision === undefined) return fallback;
+  if (!PRECISIONS.includes(precision)) {
+    throw fail(E.REALM_E_ARG, `${where}: precision must be 'exact' or 'fast', got ${describe(precision)}`);
+  }
+  return precision;
+}
 
 function validateLimits(where, given, base = DEFAULT_LIMITS) {
   const out = { ...base };
@@ -157,13 +171,16 @@ class GuestHost {
   #modules = new Map();
   #tenants = new Set();
   #limits;
+  #precision;
   #closed = false;
 
   /** options: default limits for its tenants (memoryMiB, timeoutMs, hostTimeMs, maxSessions,
-   *  maxKvTokens, maxOutputBytes, maxLogBytes).  Starts the runtime (from the calling thread:
-   *  construct the host in the main thread). */
+   *  maxKvTokens, maxOutputBytes, maxLogBytes) and precision, how their sessions compute:
+   *  'exact' (default) or 'fast'.  Starts the runtime (from the calling thread: construct the
+   *  host in the main thread). */
   constructor(options = {}) {
     this.#limits = validateLimits('GuestHost', options);
+    this.#precision = validatePrecision('GuestHost', (options || {}).precision);
     check(lib().realm_init(ERR));
   }
 
@@ -180,6 +197,11 @@ class GuestHost {
   /** The default limits of this host's tenants. */
   get limits() {
     return this.#limits;
+  }
+
+  /** The default precision of this host's tenants' sessions ('exact' or 'fast'). */
+  get precision() {
+    return this.#precision;
   }
 
   /** A guest from bytes, a path, or the name of a shipped guest ("generate", "ban_word").
@@ -203,11 +225,13 @@ class GuestHost {
 
   /** A new tenant running `guest` on `model` (a Model, or a stored model's id): its own worker,
    *  instance, memory, handles and sessions.  options: name, onText(text), onLog(level, text),
-   *  and limits overriding the host's. */
+   *  and limits and precision overriding the host's. */
   async tenant(guest, model, options = {}) {
     if (this.#closed) throw fail(E.REALM_E_NOT_FOUND, 'GuestHost.tenant: the host is closed');
+    const precision = validatePrecision('GuestHost.tenant', (options || {}).precision, this.#precision);
+    const limits = validateLimits('GuestHost.tenant', options, this.#limits);
     const g = this.load(guest);
-    const t = new Tenant(this, g, model, options, validateLimits('GuestHost.tenant', options, this.#limits));
+    const t = new Tenant(this, g, model, options, limits, precision);
     this.#tenants.add(t);
     try {
       await t.start();
@@ -243,6 +267,7 @@ class Tenant {
   #model;
   #modelId;
   #limits;
+  #precision;
   #worker = null;
   #pending = null;
   #busy = false;
@@ -255,7 +280,7 @@ class Tenant {
   #restarts = 0;
 
   /** @internal  Use GuestHost.tenant(). */
-  constructor(host, guest, model, options, limits) {
+  constructor(host, guest, model, options, limits, precision) {
     const { Model } = require('./realm.cjs');
     this.#host = host;
     this.#guest = guest;
@@ -269,6 +294,7 @@ class Tenant {
     info.writeUInt32LE(info.length, 0);
     check(lib().realm_model_info_get(this.#modelId, info, ERR));      // REALM_E_NOT_FOUND for an unknown model
     this.#limits = limits;
+    this.#precision = precision;
     this.name = options.name === undefined ? `tenant-${crypto.randomBytes(3).toString('hex')}` : String(options.name);
     this.onText = options.onText || null;
     this.onLog = options.onLog || null;
@@ -278,6 +304,8 @@ class Tenant {
 
   get guest() { return this.#guest; }
   get limits() { return this.#limits; }
+  /** How every session this guest creates computes: 'exact' or 'fast' (chosen by the host). */
+  get precision() { return this.#precision; }
   get closed() { return this.#closed; }
   /** The model's id (bigint). */
   get modelId() { return this.#modelId; }
@@ -309,6 +337,7 @@ class Tenant {
     const w = new Worker(WORKER, {
       workerData: {
         libPath: native.loadedPath(), name: this.name, modelId: this.#modelId, limits: this.#limits,
+        precision: this.#precision,
         slots: this.#slots.buffer, control: this.#control.buffer,
       },
     });
@@ -540,7 +569,7 @@ class Tenant {
   }
 
   toString() {
-    return `<Tenant ${this.name} model=${hex(this.#modelId)} sessions=${this.sessionIds.length}>`;
+    return `<Tenant ${this.name} model=${hex(this.#modelId)} ${this.#precision} sessions=${this.sessionIds.length}>`;
   }
 }
 
@@ -550,7 +579,7 @@ class Tenant {
  * Run a generator guest once, in a fresh sandboxed tenant: source is .wasm bytes, a path or a
  * shipped guest's name ("generate", the default).  options: model (a Model or a model id; default:
  * the embedded default model), prompt, and the options of Tenant.generate and the limits of
- * GuestHost (memoryMiB, timeoutMs, ...), onLog.  Resolves to the generate() result.
+ * GuestHost (memoryMiB, timeoutMs, ...), precision, onLog.  Resolves to the generate() result.
  */
 async function runGuest(source = 'generate', options = {}) {
   const { Model } = require('./realm.cjs');

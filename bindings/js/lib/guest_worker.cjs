@@ -21,7 +21,7 @@ const { isUtf8 } = require('node:buffer');
 const native = require('./native.cjs');
 
 native.load(workerData.libPath);
-const { RealmError, E, ERR, SIZE, OUT64, OUT32 } = require('./call.cjs');
+const { RealmError, E, ERR, SIZE, OUT64, OUT32, C } = require('./call.cjs');
 const {
   GUEST_ABI_VERSION, SIGNATURES, GuestFault, GuestStop, GuestTrap, GuestLimitError, serializeError,
 } = require('./guest_abi.cjs');
@@ -96,6 +96,10 @@ function dims(mid) {
 // ---- the tenant ---------------------------------------------------------------------------------
 
 const limits = workerData.limits;
+const SESSION_PARAMS = {
+  struct_size: C.REALM_SESSION_PARAMS_SIZE_V1, n_ctx: 0,
+  precision: workerData.precision === 'fast' ? C.REALM_PRECISION_FAST : C.REALM_PRECISION_EXACT, device: null,
+};
 const slots = new BigUint64Array(workerData.slots);       // live session ids, for the main thread
 const control = new Int32Array(workerData.control);       // [0]: 1 = cancel the running call
 const T = {
@@ -417,7 +421,9 @@ IMPL.session_create = (m, handle, nCtx, out) => {
   if (nCtx > nTrain) throw RangeErr(`n_ctx ${nCtx} exceeds the model's context length ${nTrain}`);
   const eff = nCtx || Math.min(DEFAULT_N_CTX, nTrain);
   checkSessionRoom(eff);
-  c(lib.realm_session_create(mid, nCtx, OUT64, ERR));
+  // the tenant's precision, picked by the host (guest.cjs validated it): never the guest's choice
+  SESSION_PARAMS.n_ctx = nCtx;
+  c(lib.realm_session_create_ex(mid, SESSION_PARAMS, OUT64, ERR));
   m.writeU32(out, adoptSession(OUT64[0], mid, eff), 'session');
 };
 
@@ -425,7 +431,7 @@ IMPL.session_fork = (m, handle, out) => {
   const s = getHandle(SESSION, handle);
   m.required(out, 4, 'forked');
   checkSessionRoom(s.nCtx);
-  c(lib.realm_session_fork(s.id, OUT64, ERR));
+  c(lib.realm_session_fork(s.id, OUT64, ERR));           // keeps the parent's precision
   m.writeU32(out, adoptSession(OUT64[0], s.model, s.nCtx), 'forked');
 };
 

@@ -262,6 +262,8 @@ c = realm.generate(realm.create_session(mid, 256), chat, max_tokens=16)
 out["paris"] = {"ids": c.token_ids, "text": c.text, "finish": c.finish_reason}
 c = realm.generate(realm.create_session(mid, 64), ${JSON.stringify(RAW)}, max_tokens=2)
 out["raw"] = {"ids": c.token_ids, "text": c.text}
+c = realm.generate(realm.create_session(mid, 64, precision="fast"), ${JSON.stringify(RAW)}, max_tokens=4)
+out["fast_raw"] = {"ids": c.token_ids, "text": c.text}
 t = host.tenant("generate", mid)
 out["sampled"] = t.generate(${JSON.stringify(Q)}, max_tokens=12, fused=True, temperature=0.9, top_k=40, top_p=0.95,
                             seed=2**64 - 5).token_ids
@@ -405,6 +407,68 @@ describe('Paris through the guest', () => {
     assert.deepEqual(b.tokenIds, py.ban.ids);
     assert.equal(b.text, py.ban.text);
     assert.ok(!b.text.includes('Paris'));
+  });
+});
+
+// ---- precision: the host's choice -------------------------------------------------------------------------
+
+const maxDiff = (a, b) => a.reduce((m, x, i) => Math.max(m, Math.abs(x - b[i])), 0);
+
+describe('precision', () => {
+  test('a fast tenant\'s greedy tokens equal realm.generate on a fast session (host default and tenant option)', async () => {
+    assert.match(py.fast_raw.text, /^ Paris/);
+    const fastHost = new GuestHost({ precision: 'fast', timeoutMs: 60000 });
+    assert.equal(fastHost.precision, 'fast');
+    assert.equal(host.precision, 'exact');
+    const tenants = [await fastHost.tenant('generate', model), await host.tenant('generate', model, { precision: 'fast' })];
+    for (const t of tenants) {
+      assert.equal(t.precision, 'fast');
+      for (const fused of [false, true]) {
+        const r = await t.generate(RAW, { chat: false, maxTokens: 4, fused });
+        assert.deepEqual(r.tokenIds, py.fast_raw.ids, `fused ${fused}`);
+        assert.equal(r.text, py.fast_raw.text);
+      }
+    }
+    const exact = await fastHost.tenant('generate', model, { precision: 'exact' });    // a tenant overrides its host
+    assert.equal(exact.precision, 'exact');
+    await fastHost.close();
+    await tenants[1].close();
+  });
+
+  test('every session a fast guest creates is fast, and its fork too (logits equal a fast Session\'s)', async () => {
+    const ids = model.tokenize(RAW);
+    const direct = (precision) => {
+      const s = model.createSession({ nCtx: 32, precision });
+      const first = s.decode(ids);
+      const next = s.decode([ids[0]]);
+      s.close();
+      return [first, next];
+    };
+    const fast = direct('fast');
+    const exact = direct('exact');
+    const p = await host.tenant(mod('proxy'), model, { precision: 'fast' });
+    assert.equal(await p.call('session_create', 1, 32, HANDLE), 0);
+    await p.write(IDS, new Uint8Array(Int32Array.from(ids).buffer));
+    assert.equal(await p.call('decode', 2, IDS, ids.length, 0, LOGITS, V), 0);
+    const first = new Float32Array(new Uint8Array(await p.read(LOGITS, 4 * V)).buffer);
+    assert.equal(await p.call('session_fork', 2, HANDLE), 0);
+    assert.equal(await p.call('decode', 3, IDS, 1, 0, LOGITS, V), 0);                     // on the fork
+    const next = new Float32Array(new Uint8Array(await p.read(LOGITS, 4 * V)).buffer);
+    for (const [got, i] of [[first, 0], [next, 1]]) {
+      assert.ok(maxDiff(got, fast[i]) < 1e-4, `fast ${i}: ${maxDiff(got, fast[i])}`);
+      assert.ok(maxDiff(got, exact[i]) > 1e-3, `not exact ${i}: ${maxDiff(got, exact[i])}`);
+    }
+    await p.close();
+  });
+
+  test('a bad precision is REALM_E_ARG naming the value, wherever it is given', async () => {
+    for (const bad of ['slow', 'FAST', '', 1, null]) {
+      const check = (e) => e instanceof RealmError && e.code === -3 && /precision must be 'exact' or 'fast', got/.test(e.message) &&
+        e.message.includes(bad === '' ? '""' : String(bad));
+      assert.throws(() => new GuestHost({ precision: bad }), check, `GuestHost ${bad}`);
+      await assert.rejects(host.tenant('generate', model, { precision: bad }), check, `tenant ${bad}`);
+      await assert.rejects(runGuest('generate', { model, maxTokens: 1, precision: bad }), check, `runGuest ${bad}`);
+    }
   });
 });
 

@@ -2,7 +2,9 @@
 import realm, {
   ErrorCode, GuestAbiError, GuestHost, GuestLimitError, Model, Realm, RealmError, Sampler, Session, Tenant, topK, runGuest,
 } from 'realm-embed';
-import type { Completion, GenerateOptions, GuestModule, GuestResult, ModelInfo, SessionOptions } from 'realm-embed';
+import type {
+  Completion, GenerateOptions, GuestHostOptions, GuestModule, GuestResult, ModelInfo, SessionOptions,
+} from 'realm-embed';
 
 export async function demo(): Promise<string> {
   Realm.init();
@@ -56,6 +58,10 @@ export async function guests(model: Model): Promise<string> {
   await t.close();
   await host.close();
   const one: GuestResult = await runGuest('generate', { model, prompt: 'Hi', maxTokens: 2, memoryMiB: 8 });
+  const fastHost = new GuestHost({ precision: 'fast' } satisfies GuestHostOptions);
+  const ft: Tenant = await fastHost.tenant(g, model, { precision: 'exact' });
+  const precisions: string = `${fastHost.precision} ${ft.precision}`;
+  await fastHost.close();
   let why = '';
   try {
     host.load(new Uint8Array(4));
@@ -63,5 +69,5 @@ export async function guests(model: Model): Promise<string> {
     if (e instanceof GuestAbiError) why = e.message;
     if (e instanceof GuestLimitError) why = e.reason;
   }
-  return `${r.text} ${r.tokenIds.length} ${String(rc)} ${st.sessions.length} ${one.finishReason} ${why} ${GuestHost.abiVersion} ${realm.GUEST_ABI_VERSION}`;
+  return `${r.text} ${r.tokenIds.length} ${String(rc)} ${st.sessions.length} ${one.finishReason} ${why} ${GuestHost.abiVersion} ${realm.GUEST_ABI_VERSION} ${precisions}`;
 }

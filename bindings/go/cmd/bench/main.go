@@ -2,10 +2,12 @@
 // single-token decodes) and the per-call overhead of a pure C call (realm_abi_version) against
 // calls that go into Python (session n_tokens, tokenize).  The Python API's numbers for the same
 // work, measured in the same run (a child process, one torch thread like the library), are the
-// anchor: the table prints Go / Python ratios.  Prints a table, then one JSON line.
+// anchor: the table prints Go / Python ratios.  -precision picks both paths' decode sessions:
+// fast decodes ~10x faster, so the binding's per-token cost weighs ~10x more there.  Prints a
+// table, then one JSON line.
 //
 //	cd bindings/go && PKG_CONFIG_PATH=$(../../.venv/bin/python -m realm_embed config --pkgconfigdir) \
-//	    go run ./cmd/bench [-reps 3] [-prefill 128] [-decode 64] [-json out.json]
+//	    go run ./cmd/bench [-reps 3] [-prefill 128] [-decode 64] [-precision exact|fast] [-json out.json]
 package main
 
 import (
@@ -30,10 +32,11 @@ import torch
 torch.set_num_threads(int(os.environ.get("REALM_TORCH_THREADS", "1")))
 import realm_embed as realm
 prefill, n_decode, reps, calls = map(int, sys.argv[1:5])
+precision = sys.argv[5]
 mid = realm.store_model()
 ids = realm.tokenize(mid, "The history of the city is long and full of surprises. " * 40)[:prefill]
 def run(ids, n):
-    s = realm.create_session(mid, len(ids) + n + 1)
+    s = realm.create_session(mid, len(ids) + n + 1, precision=precision)
     t0 = time.perf_counter(); logits = realm.decode(s, ids); t1 = time.perf_counter()
     tok = int(logits.argmax())
     for _ in range(n):
@@ -99,7 +102,13 @@ func main() {
 	calls := flag.Int("calls", 20000, "calls per per-call measurement (into Python)")
 	python := flag.String("python", "", "the venv's python for the anchor (default ../../.venv/bin/python; \"none\" skips it)")
 	jsonOut := flag.String("json", "", "also write the JSON to this file")
+	precisionName := flag.String("precision", "exact", "the decode sessions' precision, both paths: exact or fast")
 	flag.Parse()
+	precisions := map[string]realm.Precision{"exact": realm.PrecisionExact, "fast": realm.PrecisionFast}
+	precision, ok := precisions[*precisionName]
+	if !ok {
+		log.Fatalf("-precision must be exact or fast, got %q", *precisionName)
+	}
 
 	t0 := time.Now()
 	check(realm.Init())
@@ -114,7 +123,7 @@ func main() {
 	check(err)
 	ids = ids[:*prefill]
 	run := func(ids []int32, n int) (float64, float64) {
-		s, err := m.NewSession(len(ids) + n + 1)
+		s, err := m.NewSessionWith(realm.SessionOptions{NCtx: len(ids) + n + 1, Precision: precision})
 		check(err)
 		defer s.Close()
 		t0 := time.Now()
@@ -157,7 +166,7 @@ func main() {
 	}
 	if pyPath != "none" {
 		out, err := exec.Command(pyPath, "-c", pythonBench, fmt.Sprint(*prefill), fmt.Sprint(*nDecode),
-			fmt.Sprint(*reps), fmt.Sprint(*calls)).Output()
+			fmt.Sprint(*reps), fmt.Sprint(*calls), *precisionName).Output()
 		if err != nil {
 			log.Fatalf("the Python anchor (%s; -python none skips it): %v", pyPath, err)
 		}
@@ -182,8 +191,8 @@ func main() {
 	add("session n_tokens (into Python)", "us/call", []float64{nTokUs}, py.NTokUs)
 	add("tokenize \"Hi\" (into Python)", "us/call", []float64{tokUs}, py.Tokenize)
 
-	fmt.Printf("Go binding, %s, librealm %s (%s); init %.0f ms, model store %.0f ms\n",
-		strings.TrimSpace(goVersion()), realm.Version(), realm.LibraryPath(), initMs, storeMs)
+	fmt.Printf("Go binding, %s, librealm %s (%s); precision %s; init %.0f ms, model store %.0f ms\n",
+		strings.TrimSpace(goVersion()), realm.Version(), realm.LibraryPath(), *precisionName, initMs, storeMs)
 	fmt.Printf("%-32s %-8s %10s %19s %10s %8s\n", "metric", "unit", "go", "go spread", "python", "go/py")
 	for _, r := range rows {
 		ratio, pyText := "", "-"
@@ -192,7 +201,7 @@ func main() {
 		}
 		fmt.Printf("%-32s %-8s %10.3f %9.3f..%-9.3f %10s %8s\n", r.Metric, r.Unit, r.Go, r.GoMin, r.GoMax, pyText, ratio)
 	}
-	blob, _ := json.Marshal(map[string]any{"binding": "go", "init_ms": initMs, "store_ms": storeMs, "rows": rows})
+	blob, _ := json.Marshal(map[string]any{"binding": "go", "precision": *precisionName, "init_ms": initMs, "store_ms": storeMs, "rows": rows})
 	fmt.Println(string(blob))
 	if *jsonOut != "" {
 		check(os.WriteFile(*jsonOut, blob, 0o644))
