@@ -38,6 +38,14 @@ export interface StoreOptions {
   id?: bigint | number;
 }
 
+/** Options of every *Async method. */
+export interface AsyncOptions {
+  /** Aborted before the call starts (also while it waits behind earlier calls on its session):
+   *  the promise rejects with signal.reason and nothing runs.  A call that has started runs to
+   *  the end (a compute call cannot be interrupted) and resolves as usual. */
+  signal?: AbortSignal;
+}
+
 export interface ModelInfo {
   id: bigint;
   architecture: string;
@@ -85,23 +93,35 @@ export class Model {
   static storeFile(path: string, options?: StoreOptions): Model;
   /** Store the embedded default model (SmolLM2-135M-Instruct Q4_1). */
   static storeDefault(options?: StoreOptions): Model;
+  /** store() on a libuv pool thread.  The bytes are copied first: reuse the buffer at once. */
+  static storeAsync(bytes: Uint8Array | ArrayBuffer, options?: StoreOptions & AsyncOptions): Promise<Model>;
+  /** storeFile() on a libuv pool thread. */
+  static storeFileAsync(path: string, options?: StoreOptions & AsyncOptions): Promise<Model>;
+  /** storeDefault() on a libuv pool thread. */
+  static storeDefaultAsync(options?: StoreOptions & AsyncOptions): Promise<Model>;
   readonly id: bigint;
   readonly closed: boolean;
+  /** *Async calls on this model not settled yet (close() is REALM_E_BUSY meanwhile). */
+  readonly pendingCalls: number;
   info(): ModelInfo;
   tensorNames(): string[];
   tensorInfo(name: string): TensorInfo;
   /** Dequantized to float32, row-major, with its shape. */
   tensor(name: string): Float32Array & { readonly shape: readonly number[] };
   tokenize(text: string, options?: { addSpecial?: boolean; parseSpecial?: boolean }): Int32Array;
+  tokenizeAsync(text: string, options?: { addSpecial?: boolean; parseSpecial?: boolean } & AsyncOptions): Promise<Int32Array>;
   detokenize(ids: ArrayLike<number>): string;
+  detokenizeAsync(ids: ArrayLike<number>, options?: AsyncOptions): Promise<string>;
   /** The raw bytes of one token (may be part of a UTF-8 character). */
   tokenPiece(token: number): Buffer;
   applyChatTemplate(messages: ChatMessage[], options?: { addGenerationPrompt?: boolean }): string;
+  applyChatTemplateAsync(messages: ChatMessage[], options?: { addGenerationPrompt?: boolean } & AsyncOptions): Promise<string>;
   /** A new session: nCtx positions (0 = min(2048, nCtxTrain)); precision 'exact' (default) or
    *  'fast' (4-bit weights, bf16 activations); device 'cpu' (default), 'cuda' or 'cuda:N'
    *  (REALM_E_UNSUPPORTED without CUDA). */
   createSession(options?: SessionOptions): Session;
-  /** Drop this object's reference (the last frees the model).  Idempotent; REALM_E_BUSY while sessions use it. */
+  /** Drop this object's reference (the last frees the model).  Idempotent; REALM_E_BUSY while
+   *  sessions use it or its *Async calls are pending. */
   close(): void;
   remove(): void;
 }
@@ -160,6 +180,8 @@ export class Session {
   readonly id: bigint;
   readonly model: Model;
   readonly closed: boolean;
+  /** *Async calls on this session not settled yet (queued or running). */
+  readonly pendingCalls: number;
   /** Positions cached: where the next decode starts. */
   readonly nTokens: number;
   readonly nCtx: number;
@@ -171,12 +193,21 @@ export class Session {
   computeLogits(hidden: Float32Array | ArrayLike<number>): Float32Array;
   /** Append ids[T] -> logits of the last token [V], or [T x V] with allLogits. */
   decode(ids: ArrayLike<number>, options?: { allLogits?: boolean }): Float32Array;
+  // The *Async twins run on a libuv pool thread and resolve to what the synchronous method
+  // returns (or reject with its RealmError).  Calls on one session run one at a time, in call
+  // order; while any is pending, the synchronous methods, generate() and close() of the session
+  // are REALM_E_BUSY.  Inputs are copied when the call is made.
+  embedTokensAsync(ids: ArrayLike<number>, options?: AsyncOptions): Promise<Float32Array>;
+  forwardLayerAsync(layer: number, hidden: Float32Array | ArrayLike<number>, pos: number, options?: AsyncOptions): Promise<Float32Array>;
+  computeLogitsAsync(hidden: Float32Array | ArrayLike<number>, options?: AsyncOptions): Promise<Float32Array>;
+  decodeAsync(ids: ArrayLike<number>, options?: { allLogits?: boolean } & AsyncOptions): Promise<Float32Array>;
   reset(): void;
   truncate(n: number): void;
   fork(): Session;
   /** Does not block the event loop.  The session keeps the prompt and the generated tokens. */
   generate(prompt: string | ArrayLike<number>, options?: GenerateOptions): Generation;
-  /** Idempotent; REALM_E_BUSY while generate() runs on it. */
+  /** Idempotent; REALM_E_BUSY (the session stays open) while generate() runs on it or *Async
+   *  calls on it are pending. */
   close(): void;
   free(): void;
 }

@@ -143,6 +143,118 @@ function hex(id) {
   return `0x${id.toString(16)}`;
 }
 
+// ---- asynchronous calls (koffi's fn.async: a libuv pool thread) ---------------------------------
+//
+// Each call gets its own realm_error and its own output scalars.  koffi hands typed arrays and
+// Buffers to C as raw pointers and keeps no reference to them: the completion callback below
+// refers to `args`, so every buffer of the call stays alive (and is not collected) until the C
+// function has returned.  Callers pass inputs that nobody else holds (asyncCopy) and outputs they
+// hand to JS only from the resolved value.
+
+// koffi refuses more than 256 asynchronous calls in flight (each holds a call stack); the pool
+// runs UV_THREADPOOL_SIZE (4) at a time anyway, so calls past ASYNC_MAX wait here, in order.
+const ASYNC_MAX = 64;
+let asyncInFlight = 0;
+const asyncWaiting = [];
+
+function asyncRelease() {
+  asyncInFlight--;
+  while (asyncWaiting.length && asyncInFlight < ASYNC_MAX) {
+    asyncInFlight++;
+    asyncWaiting.shift()();
+  }
+}
+
+function hold() {}
+
+/** fn.async(...args, err, cb) -> Promise<[rc, err]> (rc: the result code; err: the call's realm_error). */
+function callAsyncRc(fn, args) {
+  return new Promise((resolve, reject) => {
+    const start = () => {
+      const err = Buffer.alloc(native.ERROR_SIZE);
+      try {
+        fn.async(...args, err, (e, rc) => {
+          asyncRelease();
+          hold(args);                                 // the buffers stay referenced until here
+          if (e) reject(e); else resolve([rc, err]);
+        });
+      } catch (e) {                                   // koffi refused the arguments
+        asyncRelease();
+        reject(e);
+      }
+    };
+    if (asyncInFlight < ASYNC_MAX) {
+      asyncInFlight++;
+      start();
+    } else {
+      asyncWaiting.push(start);
+    }
+  });
+}
+
+/** fn.async(...args, err, cb) -> Promise<void>, rejecting with the call's RealmError. */
+async function callAsync(fn, args) {
+  const [rc, err] = await callAsyncRc(fn, args);
+  if (rc !== 0) throw readError(err);
+}
+
+/** The two-call text protocol on pool threads, with buffers of its own.
+ *  call(buf, cap, size) -> Promise<[rc, err]>. */
+async function callTextAsync(call, guess = 4096) {
+  const size = new BigUint64Array(1);
+  let buf = Buffer.alloc(guess);
+  let [rc, err] = await call(buf, buf.length, size);
+  if (rc === E.REALM_E_BUFFER_TOO_SMALL) {
+    buf = Buffer.alloc(Number(size[0]));
+    [rc, err] = await call(buf, buf.length, size);
+  }
+  if (rc !== 0) throw readError(err);
+  return buf.toString('utf8', 0, Number(size[0]) - 1);
+}
+
+/** options.signal: undefined or an AbortSignal (else REALM_E_ARG). */
+function signalOf(where, options) {
+  const signal = options ? options.signal : undefined;
+  if (signal !== undefined && !(signal && typeof signal.aborted === 'boolean' && typeof signal.addEventListener === 'function')) {
+    throw fail(E.REALM_E_ARG, `${where}: options.signal must be an AbortSignal, got ${describe(signal)}`);
+  }
+  return signal;
+}
+
+// Arrays of asynchronous calls live in an ArrayBuffer of their own: V8 keeps small typed arrays
+// created by length inside the JS heap, where the collector may move them; an ArrayBuffer's
+// memory never moves.
+
+/** An asynchronous call's own copy of an input typed array (the caller may change or transfer
+ *  its array meanwhile).  An empty one passes as it is: nothing to copy, and C sees it as the
+ *  synchronous call does. */
+function asyncCopy(a) {
+  if (a.length === 0) return a;
+  // the base type, not a subclass's constructor (Buffer's: new Buffer() is deprecated)
+  const Type = [Uint8Array, Int32Array, Float32Array].find((T) => a instanceof T);
+  const out = new Type(new ArrayBuffer(a.byteLength));
+  out.set(a);
+  return out;
+}
+
+/** An output array for n floats of an asynchronous call (never empty: see floats()). */
+function asyncFloats(n) {
+  return new Float32Array(new ArrayBuffer(4 * Math.max(1, n)));
+}
+
+// The runtime starts on the first call, on the calling thread, which becomes Python's main
+// thread: an asynchronous call must not be the one that starts it (a pool thread would).
+let started = false;
+function ensureStarted() {
+  if (!started) {
+    check(lib().realm_init(ERR));
+    started = true;
+  }
+}
+function markStarted() {
+  started = true;
+}
+
 /** The library if it is loaded already (finalizers must not load it), else null. */
 function loadedLib() {
   return L;
@@ -151,4 +263,5 @@ function loadedLib() {
 module.exports = {
   native, koffi, types, E, C, lib, loadedLib, RealmError, ErrorCode, readError, check, fail, callText,
   ERR, SIZE, OUT64, OUT32, u32, u64, describe, isArrayLike, ids32, f32, floats, str, hex,
+  callAsync, callAsyncRc, callTextAsync, signalOf, asyncCopy, asyncFloats, ensureStarted, markStarted,
 };

@@ -11,11 +11,13 @@
 //
 // Shapes (row-major float32, as in realm.h): T tokens, D hidden size, V vocabulary size.
 // Synchronous methods block the calling thread for the call (a decode step: milliseconds);
-// generate() does not block the event loop.
+// generate() and the *Async methods (decodeAsync, Model.storeFileAsync, tokenizeAsync, ...) run
+// on a libuv pool thread and do not block the event loop.
 
 const {
   native, koffi, types, E, C, lib, loadedLib, RealmError, ErrorCode, check, fail, callText,
   ERR, SIZE, OUT64, OUT32, u32, u64, describe, ids32, f32, floats, str, hex,
+  callAsync, callAsyncRc, callTextAsync, signalOf, asyncCopy, asyncFloats, ensureStarted, markStarted,
 } = require('./call.cjs');
 const { Generation, Sampler, topK } = require('./generate.cjs');
 
@@ -42,6 +44,7 @@ class Realm {
   /** Start the runtime now (about 1 s: Python and torch).  Call once, from the main thread. */
   static init() {
     check(lib().realm_init(ERR));
+    markStarted();
   }
 
   /** The library's version, "MAJOR.MINOR.PATCH". */
@@ -73,10 +76,35 @@ function modelOptions(where, options) {
   return id;
 }
 
+function modelBytes(where, bytes) {
+  let data = bytes;
+  if (data instanceof ArrayBuffer) data = new Uint8Array(data);
+  if (!(data instanceof Uint8Array)) {
+    throw fail(E.REALM_E_ARG, `${where}: bytes must be a Buffer, Uint8Array or ArrayBuffer, got ${describe(bytes)}`);
+  }
+  if (data.length === 0) throw fail(E.REALM_E_ARG, `${where}: bytes is empty`);
+  return data;
+}
+
+// Model.store*Async: check the arguments and the signal now, start the runtime on this thread if
+// nothing has yet (it must not start on a pool thread), then store on a pool thread.
+function storeAsync(where, options, args) {
+  return new Promise((resolve, reject) => {
+    const id = modelOptions(where, options);
+    const signal = signalOf(where, options);
+    const a = args();
+    if (signal && signal.aborted) throw signal.reason;
+    ensureStarted();
+    const out = new BigUint64Array(1);
+    resolve(callAsync(a.fn, [...a.args, id, out]).then(() => new Model(out[0])));
+  });
+}
+
 class Model {
   #id;
   #closed = false;
   #info = null;
+  #pending = 0;                                       // *Async calls not settled yet
 
   /** @internal  Use Model.store / storeFile / storeDefault. */
   constructor(id) {
@@ -87,12 +115,7 @@ class Model {
   /** Store a GGUF from memory (copied).  options.id: a requested id (default: from the content). */
   static store(bytes, options) {
     const id = modelOptions('Model.store', options);
-    let data = bytes;
-    if (data instanceof ArrayBuffer) data = new Uint8Array(data);
-    if (!(data instanceof Uint8Array)) {
-      throw fail(E.REALM_E_ARG, `Model.store: bytes must be a Buffer, Uint8Array or ArrayBuffer, got ${describe(bytes)}`);
-    }
-    if (data.length === 0) throw fail(E.REALM_E_ARG, 'Model.store: bytes is empty');
+    const data = modelBytes('Model.store', bytes);
     check(lib().realm_model_store(data, data.length, id, OUT64, ERR));
     return new Model(OUT64[0]);
   }
@@ -111,6 +134,27 @@ class Model {
     return new Model(OUT64[0]);
   }
 
+  /** Model.store on a libuv pool thread: Promise<Model>.  The bytes are copied first (the library
+   *  reads them during the call), so the caller may reuse its buffer at once. */
+  static storeAsync(bytes, options) {
+    return storeAsync('Model.storeAsync', options, () => {
+      const data = asyncCopy(modelBytes('Model.storeAsync', bytes));
+      return { fn: lib().realm_model_store, args: [data, data.length] };
+    });
+  }
+
+  /** Model.storeFile on a libuv pool thread: Promise<Model>. */
+  static storeFileAsync(path, options) {
+    return storeAsync('Model.storeFileAsync', options, () => ({
+      fn: lib().realm_model_store_file, args: [str('Model.storeFileAsync', 'path', path)],
+    }));
+  }
+
+  /** Model.storeDefault on a libuv pool thread: Promise<Model>. */
+  static storeDefaultAsync(options) {
+    return storeAsync('Model.storeDefaultAsync', options, () => ({ fn: lib().realm_model_store_default, args: [] }));
+  }
+
   /** The model's id (bigint). */
   get id() {
     return this.#id;
@@ -124,6 +168,32 @@ class Model {
   handle(where) {
     if (this.#closed) throw fail(E.REALM_E_NOT_FOUND, `${where}: model ${hex(this.#id)} is closed`);
     return this.#id;
+  }
+
+  /** *Async calls on this model (tokenizeAsync, detokenizeAsync, applyChatTemplateAsync) not settled yet. */
+  get pendingCalls() {
+    return this.#pending;
+  }
+
+  // One *Async call: checks (prepare) now, then work(id) on pool threads.  Calls on a model read
+  // no state that changes, so they run at once, side by side.  The model cannot close meanwhile
+  // (close() is REALM_E_BUSY), and the callbacks hold this object, so no finalizer frees it.
+  #async(where, options, prepare) {
+    return new Promise((resolve, reject) => {
+      const id = this.handle(where);
+      const signal = signalOf(where, options);
+      const work = prepare();
+      if (signal && signal.aborted) throw signal.reason;
+      this.#pending++;
+      const settle = () => { this.#pending--; };
+      let p;
+      try {
+        p = work(id);
+      } catch (e) {
+        p = Promise.reject(e);
+      }
+      p.then((v) => { settle(); resolve(v); }, (e) => { settle(); reject(e); });
+    });
   }
 
   /** Model numbers: { nLayer, nEmbd, nVocab, ..., architecture, name, bytesByType }. */
@@ -199,11 +269,42 @@ class Model {
     return ids.slice(0, Number(SIZE[0]));
   }
 
+  /** tokenize() on a libuv pool thread: Promise<Int32Array>.  options: as tokenize's, and signal. */
+  tokenizeAsync(text, options = {}) {
+    const where = 'Model.tokenizeAsync';
+    return this.#async(where, options, () => {
+      const { addSpecial = true, parseSpecial = true } = options || {};
+      const bytes = Buffer.from(str(where, 'text', text), 'utf8');
+      const flags = (addSpecial ? C.REALM_TOKENIZE_ADD_SPECIAL : 0) | (parseSpecial ? C.REALM_TOKENIZE_PARSE_SPECIAL : 0);
+      return async (id) => {
+        const n = new BigUint64Array(1);
+        let ids = new Int32Array(new ArrayBuffer(4 * (bytes.length + 16)));
+        let [rc, err] = await callAsyncRc(lib().realm_tokenize, [id, bytes, bytes.length, flags, ids, ids.length, n]);
+        if (rc === E.REALM_E_BUFFER_TOO_SMALL) {
+          ids = new Int32Array(new ArrayBuffer(4 * Number(n[0])));
+          [rc, err] = await callAsyncRc(lib().realm_tokenize, [id, bytes, bytes.length, flags, ids, ids.length, n]);
+        }
+        check(rc, err);
+        return ids.slice(0, Number(n[0]));
+      };
+    });
+  }
+
   /** token ids -> text (bytes that are not valid UTF-8 become U+FFFD). */
   detokenize(ids) {
     const id = this.handle('Model.detokenize');
     const a = ids32('Model.detokenize', 'ids', ids);
     return callText((b, cap, size, err) => lib().realm_detokenize(id, a, a.length, b, cap, size, err));
+  }
+
+  /** detokenize() on a libuv pool thread: Promise<string>.  options: signal. */
+  detokenizeAsync(ids, options) {
+    const where = 'Model.detokenizeAsync';
+    return this.#async(where, options, () => {
+      const a = asyncCopy(ids32(where, 'ids', ids));
+      return (id) => callTextAsync((b, cap, size) => callAsyncRc(lib().realm_detokenize, [id, a, a.length, b, cap, size]),
+        64 + a.length * 8);                              // most tokens are a few bytes; else a second call
+    });
   }
 
   /** The raw bytes of one token (may be part of a UTF-8 character). */
@@ -234,6 +335,20 @@ class Model {
     return callText((b, cap, size, err) => lib().realm_chat_template_json(id, json, flags, b, cap, size, err));
   }
 
+  /** applyChatTemplate() on a libuv pool thread: Promise<string>.  options: as applyChatTemplate's, and signal. */
+  applyChatTemplateAsync(messages, options = {}) {
+    const where = 'Model.applyChatTemplateAsync';
+    return this.#async(where, options, () => {
+      const { addGenerationPrompt = true } = options || {};
+      if (!Array.isArray(messages)) {
+        throw fail(E.REALM_E_ARG, `${where}: messages must be an array of { role, content }, got ${describe(messages)}`);
+      }
+      const json = JSON.stringify(messages);            // koffi copies the string before the call
+      const flags = addGenerationPrompt ? C.REALM_CHAT_ADD_GENERATION_PROMPT : 0;
+      return (id) => callTextAsync((b, cap, size) => callAsyncRc(lib().realm_chat_template_json, [id, json, flags, b, cap, size]));
+    });
+  }
+
   /** A new session (its own KV cache of nCtx positions; 0 = min(2048, nCtxTrain)).
    *  precision: 'exact' (default) or 'fast' (4-bit weights, bf16 activations); device: 'cpu'
    *  (default), 'cuda' or 'cuda:N' (REALM_E_UNSUPPORTED without CUDA). */
@@ -242,9 +357,14 @@ class Model {
   }
 
   /** Drop this object's reference to the model (the last one frees it).  Idempotent.
-   *  Throws REALM_E_BUSY (and stays open) while sessions use the model. */
+   *  Throws REALM_E_BUSY (and stays open) while sessions use the model or its *Async calls are
+   *  pending. */
   close() {
     if (this.#closed) return;
+    if (this.#pending) {
+      throw fail(E.REALM_E_BUSY, `Model.close: model ${hex(this.#id)} has ${this.#pending} async call(s) pending; ` +
+        'await them first');
+    }
     check(lib().realm_model_remove(this.#id, ERR));
     this.#closed = true;
     modelGC.unregister(this);
@@ -270,6 +390,9 @@ class Session {
   #closed = false;
   #busy = false;
   #dims;
+  #jobs = [];                                         // *Async calls waiting their turn, in call order
+  #running = false;                                   // one of them is on a pool thread now
+  #pending = 0;                                       // waiting + running
 
   /** @internal  Use Session.create(model) or model.createSession(). */
   constructor(id, model) {
@@ -315,14 +438,81 @@ class Session {
     return this.#closed;
   }
 
-  /** @internal the id, or an error when closed or while generate() runs on this session. */
+  /** @internal the id, or an error when closed, while generate() runs on this session, or while
+   *  *Async calls on it are pending. */
   handle(where) {
+    const id = this.#live(where);
+    if (this.#pending) {
+      throw fail(E.REALM_E_BUSY, `${where}: session ${hex(this.#id)} has ${this.#pending} async call(s) pending; ` +
+        'await them first');
+    }
+    return id;
+  }
+
+  #live(where) {
     if (this.#closed) throw fail(E.REALM_E_NOT_FOUND, `${where}: session ${hex(this.#id)} is closed`);
     if (this.#busy) {
       throw fail(E.REALM_E_BUSY, `${where}: session ${hex(this.#id)} is generating; ` +
         'wait for generate() to finish or abort it');
     }
     return this.#id;
+  }
+
+  /** *Async calls on this session not settled yet (queued or running). */
+  get pendingCalls() {
+    return this.#pending;
+  }
+
+  // One *Async call.  prepare() checks the arguments and copies the inputs now (so the caller may
+  // change its arrays at once); the returned work(id) runs later, on a pool thread, after every
+  // earlier *Async call on this session has settled: calls run one at a time, in call order (the
+  // C library locks per session, but two pool threads could take the lock in either order).
+  // While any is pending, synchronous calls, generate() and close() are REALM_E_BUSY: nothing can
+  // overtake a queued call or free the session under one.  A signal aborted while the call waits
+  // removes it (it rejects with signal.reason, nothing runs); once running, it completes.
+  #enqueue(where, options, prepare) {
+    return new Promise((resolve, reject) => {
+      this.#live(where);
+      const signal = signalOf(where, options);
+      const work = prepare();
+      if (signal && signal.aborted) throw signal.reason;
+      const job = { work, signal, resolve, reject, onAbort: null };
+      if (signal) {
+        job.onAbort = () => {
+          const i = this.#jobs.indexOf(job);
+          if (i < 0) return;                              // running already: it completes
+          this.#jobs.splice(i, 1);
+          this.#pending--;
+          reject(signal.reason);
+        };
+        signal.addEventListener('abort', job.onAbort, { once: true });
+      }
+      this.#pending++;
+      this.#jobs.push(job);
+      this.#pump();
+    });
+  }
+
+  #pump() {
+    if (this.#running || this.#jobs.length === 0) return;
+    const job = this.#jobs.shift();
+    if (job.signal) job.signal.removeEventListener('abort', job.onAbort);
+    this.#running = true;
+    let p;
+    try {
+      p = job.work(this.#id);
+    } catch (e) {
+      p = Promise.reject(e);
+    }
+    // The callbacks hold this session: no finalizer frees it while the call runs.
+    p.then((value) => this.#settle(job, null, value), (e) => this.#settle(job, e, undefined));
+  }
+
+  #settle(job, error, value) {
+    this.#running = false;
+    this.#pending--;
+    if (error) job.reject(error); else job.resolve(value);
+    this.#pump();
   }
 
   /** Positions cached: where the next decode starts. */
@@ -355,6 +545,16 @@ class Session {
     return h;
   }
 
+  /** embedTokens() on a libuv pool thread: Promise<Float32Array [T x D]>.  options: signal. */
+  embedTokensAsync(ids, options) {
+    const where = 'Session.embedTokensAsync';
+    return this.#enqueue(where, options, () => {
+      const a = asyncCopy(ids32(where, 'ids', ids));
+      const out = asyncFloats(a.length * this.#dims.D);
+      return (id) => callAsync(lib().realm_embed_tokens, [id, a, a.length, out, out.length]).then(() => out);
+    });
+  }
+
   /** hidden [T x D] at positions [pos, pos + T) through one layer -> Float32Array [T x D]. */
   forwardLayer(layer, hidden, pos) {
     const id = this.handle('Session.forwardLayer');
@@ -364,6 +564,19 @@ class Session {
     check(lib().realm_forward_layer(id, u32('Session.forwardLayer', 'layer', layer),
       u32('Session.forwardLayer', 'pos', pos), h, h.length / D, D, out, out.length, ERR));
     return out;
+  }
+
+  /** forwardLayer() on a libuv pool thread: Promise<Float32Array [T x D]>.  options: signal. */
+  forwardLayerAsync(layer, hidden, pos, options) {
+    const where = 'Session.forwardLayerAsync';
+    return this.#enqueue(where, options, () => {
+      const h = asyncCopy(this.#rows(where, hidden));
+      const D = this.#dims.D;
+      const l = u32(where, 'layer', layer);
+      const p = u32(where, 'pos', pos);
+      const out = asyncFloats(h.length);
+      return (id) => callAsync(lib().realm_forward_layer, [id, l, p, h, h.length / D, D, out, out.length]).then(() => out);
+    });
   }
 
   /** hidden [T x D] -> logits, Float32Array [T x V] (final norm and output head). */
@@ -377,6 +590,18 @@ class Session {
     return out;
   }
 
+  /** computeLogits() on a libuv pool thread: Promise<Float32Array [T x V]>.  options: signal. */
+  computeLogitsAsync(hidden, options) {
+    const where = 'Session.computeLogitsAsync';
+    return this.#enqueue(where, options, () => {
+      const h = asyncCopy(this.#rows(where, hidden));
+      const D = this.#dims.D;
+      const T = h.length / D;
+      const out = asyncFloats(T * this.#dims.V);
+      return (id) => callAsync(lib().realm_compute_logits, [id, h, T, D, out, out.length]).then(() => out);
+    });
+  }
+
   /** Append ids[T] through every layer -> logits of the last token [V], or [T x V] with allLogits. */
   decode(ids, { allLogits = false } = {}) {
     const id = this.handle('Session.decode');
@@ -384,6 +609,18 @@ class Session {
     const out = floats((allLogits ? a.length : 1) * this.#dims.V);
     check(lib().realm_decode(id, a, a.length, allLogits ? C.REALM_DECODE_ALL_LOGITS : 0, out, out.length, ERR));
     return out;
+  }
+
+  /** decode() on a libuv pool thread: Promise<Float32Array>.  options: allLogits, signal. */
+  decodeAsync(ids, options = {}) {
+    const where = 'Session.decodeAsync';
+    return this.#enqueue(where, options, () => {
+      const { allLogits = false } = options || {};
+      const a = asyncCopy(ids32(where, 'ids', ids));
+      const out = asyncFloats((allLogits ? a.length : 1) * this.#dims.V);
+      const flags = allLogits ? C.REALM_DECODE_ALL_LOGITS : 0;
+      return (id) => callAsync(lib().realm_decode, [id, a, a.length, flags, out, out.length]).then(() => out);
+    });
   }
 
   /** Forget every cached position. */
@@ -403,7 +640,8 @@ class Session {
     return new Session(OUT64[0], this.#model);
   }
 
-  /** Free the session and its cache.  Idempotent; REALM_E_BUSY while generate() runs on it. */
+  /** Free the session and its cache.  Idempotent; REALM_E_BUSY (and stays open) while generate()
+   *  runs on it or *Async calls on it are pending. */
   close() {
     if (this.#closed) return;
     check(lib().realm_session_free(this.handle('Session.close'), ERR));

@@ -3,7 +3,7 @@ import realm, {
   ErrorCode, GuestAbiError, GuestHost, GuestLimitError, Model, Realm, RealmError, Sampler, Session, Tenant, topK, runGuest,
 } from 'realm-embed';
 import type {
-  Completion, GenerateOptions, GuestHostOptions, GuestModule, GuestResult, ModelInfo, SessionOptions,
+  AsyncOptions, Completion, GenerateOptions, GuestHostOptions, GuestModule, GuestResult, ModelInfo, SessionOptions,
 } from 'realm-embed';
 
 export async function demo(): Promise<string> {
@@ -44,6 +44,23 @@ export async function demo(): Promise<string> {
     if (e instanceof RealmError && e.code === ErrorCode.IO) out += e.codeName;
   }
   return `${v} ${n} ${text} ${shape.length} ${out} ${done.finishReason} ${tok} ${realm.ABI_VERSION}`;
+}
+
+export async function asyncCalls(bytes: Uint8Array): Promise<number> {
+  const model: Model = await Model.storeDefaultAsync({ id: 1n });
+  const again: Model = await Model.storeAsync(bytes, { signal: AbortSignal.timeout(1000) });
+  const file: Model = await Model.storeFileAsync('/x.gguf');
+  const ids: Int32Array = await model.tokenizeAsync('Hi', { addSpecial: false, signal: new AbortController().signal });
+  const text: string = await model.detokenizeAsync(ids) + await model.applyChatTemplateAsync([{ role: 'user', content: 'Hi' }], { addGenerationPrompt: false });
+  const s: Session = model.createSession();
+  const o: AsyncOptions = { signal: AbortSignal.abort() };
+  let h: Float32Array = await s.embedTokensAsync(ids, o);
+  h = await s.forwardLayerAsync(0, h, 0);
+  const logits: Float32Array = await s.computeLogitsAsync(h, {});
+  const last: Float32Array = await s.decodeAsync([1, 2], { allLogits: true, signal: o.signal });
+  const n: number = s.pendingCalls + model.pendingCalls;
+  for (const m of [again, file]) m.close();
+  return logits.length + last.length + text.length + n;
 }
 
 export async function guests(model: Model): Promise<string> {
