@@ -4,8 +4,9 @@ ctypes.
 For one token (T = 1) on CPU, fast mode runs a whole llama block in one C call on the GGUF's own
 quantized bytes (Q4_0 / Q4_1 / Q8_0), with int8-quantized activations and integer dot products
 (AVX-512 VNNI, AVX2 or plain C, picked at load), on a small pthread pool sized by
-torch.get_num_threads().  The KV cache stays the session's torch tensors, so C decode steps and
-torch prefill mix freely.  Anything else (prefill, CUDA, other types, qwen2's biases or "neox"
+torch.get_num_threads() (or THREADS), call by call.  The pool hands out work in chunks that any
+thread may claim, so a worker a busy machine doesn't schedule doesn't hold decode up.  The KV
+cache stays the session's torch tensors, so C decode steps and torch prefill mix freely.  Anything else (prefill, CUDA, other types, qwen2's biases or "neox"
 RoPE, partial rotary) stays on fast.py's torch path.
 
 Switches: REALM_CPU_KERNELS=0 (or ENABLED = False at run time) turns the C path off;
@@ -24,6 +25,7 @@ import torch
 from gguf.constants import GGMLQuantizationType as QT
 
 ENABLED = os.environ.get("REALM_CPU_KERNELS", "1") != "0"
+THREADS: int | None = None      # the C pool's thread count; None: torch.get_num_threads(), call by call
 TYPES = (QT.Q4_0, QT.Q4_1, QT.Q8_0)
 VARIANTS = ("scalar", "avx2", "avx512")
 HEAD_MAX_T = 16                 # logits() for up to this many positions go through the C gemv
@@ -87,6 +89,11 @@ def set_variant(name: str | None) -> None:
         raise RuntimeError(f"CPU kernel variant {name!r} is not supported on this CPU")
 
 
+def pool_threads() -> int:
+    """Threads a C call runs on: THREADS if set, else torch.get_num_threads() (read on every call)."""
+    return THREADS or torch.get_num_threads()
+
+
 def _check(err: int, what: str) -> None:
     if err:
         raise RuntimeError(f"{what}: {_ERRORS.get(err, err)}")
@@ -107,7 +114,7 @@ def gemv(m: Mat, x: torch.Tensor, threads: int | None = None) -> torch.Tensor:  
     x = x.to(torch.float32).contiguous()
     y = torch.empty(x.shape[0], m.n, dtype=torch.float32)
     _check(lib.rd_gemv(ctypes.byref(m), x.data_ptr(), y.data_ptr(), x.shape[0],
-                       threads or torch.get_num_threads()), "rd_gemv")
+                       threads or pool_threads()), "rd_gemv")
     return y
 
 
@@ -165,7 +172,7 @@ class Decoder:
         out = x.to(torch.float32, copy=True).contiguous()
         lk, lv = kv.layers[i]                                    # [Hkv, n_ctx, Dh] views, contiguous
         _check(lib.rd_layer_step(ctypes.byref(self._layer(i)), out.data_ptr(), pos, lk.data_ptr(), lv.data_ptr(),
-                                 lk.shape[1], cos.data_ptr(), sin.data_ptr(), torch.get_num_threads()),
+                                 lk.shape[1], cos.data_ptr(), sin.data_ptr(), pool_threads()),
                f"layer {i}")
         kv.filled[i] = pos + 1                                  # as KVCache.update: later positions dropped
         return out
@@ -175,5 +182,5 @@ class Decoder:
         h = h.to(torch.float32).contiguous()
         y = torch.empty(h.shape[0], self.head.n, dtype=torch.float32)
         _check(lib.rd_head(ctypes.byref(self.head), h.data_ptr(), y.data_ptr(), h.shape[0], refine,
-                           torch.get_num_threads()), "rd_head")
+                           pool_threads()), "rd_head")
         return y

@@ -222,3 +222,110 @@ def test_bad_shapes_are_refused_not_run():
         ck.gemv(ck.Mat(raw.data_ptr(), int(QT.Q4_1), 4, 48, 0, 20), torch.zeros(1, 48))
     with pytest.raises(RuntimeError, match="unsupported weight type"):
         ck.gemv(ck.Mat(raw.data_ptr(), int(QT.Q5_0), 4, 32, 0, 20), torch.zeros(1, 32))
+
+
+# ---- the thread pool: thread counts, concurrent callers, fork, exit ---------------------------
+
+def _greedy(mid, prompt, n, threads=None):
+    """n greedy tokens through the C decode path (the whole loop on `threads` threads if given)."""
+    old = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        s = realm.create_session(mid, 64, precision="fast")
+        out, logits = [], realm.decode(s, realm.tokenize(mid, prompt))
+        for _ in range(n):
+            out.append(int(logits.argmax()))
+            logits = realm.decode(s, [out[-1]])
+        realm.session_free(s)
+        return out, logits
+    finally:
+        torch.set_num_threads(old)
+
+
+def test_decode_gives_the_same_bits_on_1_2_3_threads(mid):
+    """Chunks are claimed dynamically, by whichever thread comes first; each row is still
+    computed the same way, so the logits are identical on any thread count (changed between
+    calls: torch.set_num_threads is read on every call)."""
+    ref_toks, ref_logits = _greedy(mid, "The capital of France is", 6, threads=1)
+    for n in (2, 3, 1, 2):
+        toks, logits = _greedy(mid, "The capital of France is", 6, threads=n)
+        assert toks == ref_toks and torch.equal(logits, ref_logits), f"{n} threads"
+
+
+def test_two_python_threads_decoding_two_sessions_at_once(mid):
+    import threading
+    prompts = ["The capital of France is", "Water boils at a temperature of"]
+    want = [_greedy(mid, p, 8) for p in prompts]
+    got, errors = [None, None], []
+    start = threading.Barrier(2)
+
+    def run(i):
+        try:
+            start.wait()
+            for _ in range(3):                   # several rounds, so the layer calls interleave
+                got[i] = _greedy(mid, prompts[i], 8)
+                assert got[i][0] == want[i][0] and torch.equal(got[i][1], want[i][1])
+        except BaseException as e:               # noqa: BLE001  reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not any(t.is_alive() for t in threads), "concurrent decode hung"
+    assert not errors, errors
+
+
+_CHILD = """
+import multiprocessing as mp, sys, torch
+import realm_embed as realm
+from realm_embed import cpu_kernels as ck
+
+def first_token(mid, q):
+    # torch's own OpenMP pool does not survive a fork (its next parallel region hangs): torch runs
+    # on 1 thread here, the C pool on 2 (new workers, none of the parent's)
+    torch.set_num_threads(1)
+    s = realm.create_session(mid, 64, precision="fast")
+    q.put(int(realm.decode(s, realm.tokenize(mid, "The capital of France is")).argmax()))
+
+if __name__ == "__main__":
+    ck.THREADS = 2
+    torch.set_num_threads(1)
+    mid = realm.store_model()
+    s = realm.create_session(mid, 64, precision="fast")
+    want = int(realm.decode(s, realm.tokenize(mid, "The capital of France is")).argmax())
+    realm.decode(s, [want])                      # the C pool's worker is running now
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    p = ctx.Process(target=first_token, args=(mid, q))
+    p.start()
+    got = q.get(timeout=120)
+    p.join(timeout=60)
+    assert p.exitcode == 0, p.exitcode
+    assert got == want, (got, want)
+    print("ok", flush=True)
+"""
+
+
+def test_fork_after_the_pool_started_then_decode_in_the_child(tmp_path):
+    """A forked child has none of the parent's workers; its first decode must not wait for them.
+    Exiting with the pool's worker alive (parent and child) must not hang the interpreter."""
+    script = tmp_path / "fork_child.py"
+    script.write_text(_CHILD)
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().endswith("ok")
+
+
+def test_gemv_many_rows_and_positions_on_any_thread_count(model):
+    """The head's shape (many rows, several positions at once) in claimed chunks."""
+    name = "token_embd.weight"
+    info = model.tensor_info(name)
+    m = ck.mat(model.raw(name), info.ggml_type, info.shape)
+    x = torch.randn(5, info.shape[1], generator=torch.Generator().manual_seed(3))
+    one = ck.gemv(m, x, threads=1)
+    for n in (2, 3):
+        assert torch.equal(ck.gemv(m, x, threads=n), one)
+    assert torch.equal(ck.gemv(m, x[2:3], threads=2), one[2:3])

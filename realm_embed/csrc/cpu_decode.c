@@ -30,9 +30,11 @@
  *
  * Threads: a small persistent pthread pool (workers spin a little, then sleep on a condition
  * variable).  Not OpenMP: torch already brings its own libgomp, and two pools oversubscribe.
- * A layer is one pool job with four barriers; every thread quantizes the activation itself
- * (a few hundred floats) instead of waiting for one thread to do it.
+ * No barriers: a layer is five phases of chunks claimed from a counter, the caller working too and
+ * waiting only for chunks another thread is actually running, so a worker the OS hasn't scheduled
+ * (a busy machine) costs nothing; see "thread pool" below.
  */
+#define _GNU_SOURCE                      /* RUSAGE_THREAD */
 #include <errno.h>
 #include <math.h>
 #include <pthread.h>
@@ -42,6 +44,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -176,23 +179,50 @@ RD_EXPORT int rd_set_variant(int v) {
 
 /* ---- thread pool ------------------------------------------------------------------------- */
 
-#define RD_MAX_THREADS 64
-#define RD_SPIN_NS 200000                /* a worker spins this long for the next job, then sleeps */
+/* Work is handed out in phases: a phase is n units of independent work (a gemv's rows, attention
+ * heads), run as chunks fn(arg, u0, u1).  The calling thread publishes the phase, then claims and
+ * runs chunks like any worker, and the phase is over when n units are *done* (not when every
+ * thread has checked in).  So a worker the scheduler hasn't run yet (a busy machine, more
+ * runnable threads than cores) never holds the caller up: the caller runs its chunks itself.
+ * Only a worker descheduled in the middle of a chunk is waited for, and only for that chunk.
+ *
+ * Chunks are guided: a claim takes about remaining / (2·nth) units (at least the phase's minimum,
+ * in multiples of its grain), so a phase is a handful of claims a thread, large ones first, small
+ * ones at the end to even out the finish.  (Fixed small chunks cost a cross-core cache miss or
+ * two each, on the counter and the done count, and that was ~30% of a decode step on 2 cores.)
+ *
+ * The claim counter is one 64-bit word, phase generation << 32 | next unit, taken by CAS: a
+ * worker that read a phase late can't claim (or count) a chunk of a later one, because the
+ * generation is part of what it compares.  A successful claim also means the phase isn't over
+ * (its chunk isn't done), so fn/arg (the caller's stack) are still those of that phase.
+ *
+ * Chunks have no thread identity (no per-thread scratch), so the results are the same bits on
+ * any number of threads, and the pool's size can follow torch.get_num_threads() call by call. */
 
-typedef void (*rd_job)(void *arg, int ith, int nth);
+#define RD_MAX_THREADS 64
+/* An idle worker spins RD_SPIN_NS for the next phase, then sleeps.  But a spinning worker on a
+ * busy machine takes a share of a core from the thread that makes the work (more runnable threads
+ * than cores): the caller gets 2/3 of a core instead of a whole one, and decode slows down.  So
+ * when a pool thread has been preempted (its involuntary context switches went up: someone else
+ * wanted the core) workers spin only RD_SPIN_BUSY_NS, until RD_BUSY_HOLD_NS pass without that. */
+#define RD_SPIN_NS 200000
+#define RD_SPIN_BUSY_NS 5000
+#define RD_BUSY_HOLD_NS 200000000
+
+typedef void (*rd_chunk)(void *arg, int u0, int u1);
 
 static struct {
-    pthread_mutex_t mu;                  /* also serializes whole calls: one job at a time */
+    pthread_mutex_t mu;                  /* serializes whole calls: one phase at a time */
     pthread_mutex_t wake_mu;
     pthread_cond_t wake;
-    int n_workers, sleepers;
-    atomic_uint gen;                     /* bumped once per job */
-    atomic_int pending;                  /* workers still running the job */
-    atomic_int bar_count;
-    atomic_uint bar_gen;
-    rd_job fn;
-    void *arg;
-    int nth, atfork;
+    int n_workers, atfork;
+    atomic_int sleepers;
+    _Atomic(rd_chunk) fn;                /* the current phase: written before its generation */
+    _Atomic(void *) arg;
+    atomic_int n, nth, grain, min;       /* units, threads, claim granularity and minimum */
+    _Alignas(64) _Atomic uint64_t claim; /* generation << 32 | next unit */
+    _Alignas(64) atomic_int done;        /* units finished in the current phase */
+    _Alignas(64) char end;
 } P = {.mu = PTHREAD_MUTEX_INITIALIZER, .wake_mu = PTHREAD_MUTEX_INITIALIZER, .wake = PTHREAD_COND_INITIALIZER};
 
 static inline void rd_relax(void) {
@@ -201,8 +231,8 @@ static inline void rd_relax(void) {
 #endif
 }
 
-/* waiting for another thread of the job: spin, then yield the core, in case that thread is
- * waiting for one (more runnable threads than cores: a busy machine) */
+/* waiting for another thread's chunk: spin, then yield the core, in case that thread is waiting
+ * for one (more runnable threads than cores: a busy machine) */
 static inline void rd_wait_step(int *spins) {
     if (++*spins < 4096) rd_relax();
     else sched_yield();
@@ -214,87 +244,148 @@ static uint64_t rd_now_ns(void) {
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
-static void *rd_worker(void *p) {
-    /* the job generation at spawn time comes with the index: reading P.gen here instead could
-     * already see the job this worker was spawned for, and then wait for the next one forever */
-    const int ith = (int)((uintptr_t)p & 0xffff);
-    unsigned seen = (unsigned)((uintptr_t)p >> 16);
+static inline uint32_t rd_gen(void) {
+    return (uint32_t)(atomic_load_explicit(&P.claim, memory_order_acquire) >> 32);
+}
+
+/* claim and run chunks of phase g until there are none left (or the phase is over) */
+static void rd_claim_loop(uint32_t g) {
     for (;;) {
-        unsigned g = atomic_load_explicit(&P.gen, memory_order_acquire);
-        if (g == seen) {
-            const uint64_t t0 = rd_now_ns();
-            for (int i = 0; (g = atomic_load_explicit(&P.gen, memory_order_acquire)) == seen; i++) {
-                rd_relax();
-                if ((i & 255) == 255 && rd_now_ns() - t0 > RD_SPIN_NS) {
-                    pthread_mutex_lock(&P.wake_mu);
-                    P.sleepers++;
-                    while ((g = atomic_load(&P.gen)) == seen) pthread_cond_wait(&P.wake, &P.wake_mu);
-                    P.sleepers--;
-                    pthread_mutex_unlock(&P.wake_mu);
-                    break;
-                }
+        uint64_t w = atomic_load_explicit(&P.claim, memory_order_acquire);
+        if ((uint32_t)(w >> 32) != g) return;
+        const int i = (int)(uint32_t)w;
+        /* these may already be a later phase's: then the CAS below fails, as the word moved on */
+        const int n = atomic_load_explicit(&P.n, memory_order_relaxed);
+        if (i >= n) return;
+        const int grain = atomic_load_explicit(&P.grain, memory_order_relaxed);
+        const int nth = atomic_load_explicit(&P.nth, memory_order_relaxed);
+        int size = (n - i) / (2 * nth), mn = atomic_load_explicit(&P.min, memory_order_relaxed);
+        if (size < mn) size = mn;
+        size = (size + grain - 1) / grain * grain;
+        if (size > n - i) size = n - i;
+        if (!atomic_compare_exchange_weak_explicit(&P.claim, &w, w + (uint64_t)size, memory_order_acq_rel,
+                                                   memory_order_relaxed))
+            continue;
+        const rd_chunk fn = atomic_load_explicit(&P.fn, memory_order_relaxed);
+        fn(atomic_load_explicit(&P.arg, memory_order_relaxed), i, i + size);
+        atomic_fetch_add_explicit(&P.done, size, memory_order_release);
+    }
+}
+
+static _Atomic uint64_t g_busy_until;    /* rd_now_ns() until which workers spin short */
+
+/* A thread's involuntary context switches (preempted: another thread wanted its core), checked
+ * now and then: more than RD_BUSY_RATE a second means the machine is busy.  (A quiet machine has a
+ * few dozen a second, from kernel threads and torch's own pool; a busy one thousands.) */
+#define RD_BUSY_RATE 300
+typedef struct { long nivcsw; uint64_t t; } rd_preempt;
+
+static void rd_check_preempted(rd_preempt *c) {
+    struct rusage ru;
+    if (getrusage(RUSAGE_THREAD, &ru)) return;
+    const uint64_t now = rd_now_ns();
+    const long d = ru.ru_nivcsw - c->nivcsw;
+    if (c->t && d >= 2 && (uint64_t)d * 1000000000u > (uint64_t)RD_BUSY_RATE * (now - c->t))
+        atomic_store_explicit(&g_busy_until, now + RD_BUSY_HOLD_NS, memory_order_relaxed);
+    c->nivcsw = ru.ru_nivcsw, c->t = now;
+}
+
+static void *rd_worker(void *p) {
+    /* the generation at spawn time comes with the index: reading it here instead could already
+     * see the phase this worker was spawned for, and then sit it out */
+    const int ith = (int)((uintptr_t)p & 0xffff);
+    uint32_t seen = (uint32_t)((uintptr_t)p >> 16);
+    rd_preempt pre = {0, 0};
+    for (unsigned phases = 0;; phases++) {
+        uint32_t g;
+        if ((phases & 63) == 0) rd_check_preempted(&pre);
+        const uint64_t t0 = rd_now_ns();
+        const uint64_t spin = t0 < atomic_load_explicit(&g_busy_until, memory_order_relaxed) ? RD_SPIN_BUSY_NS : RD_SPIN_NS;
+        for (int i = 0; (g = rd_gen()) == seen; i++) {
+            rd_relax();
+            if ((i & 63) == 63 && rd_now_ns() - t0 > spin) {
+                pthread_mutex_lock(&P.wake_mu);
+                atomic_fetch_add(&P.sleepers, 1);          /* seq_cst: pairs with rd_parallel */
+                while ((g = (uint32_t)(atomic_load(&P.claim) >> 32)) == seen)
+                    pthread_cond_wait(&P.wake, &P.wake_mu);
+                atomic_fetch_sub(&P.sleepers, 1);
+                pthread_mutex_unlock(&P.wake_mu);
+                phases = 63;                               /* check on the way out of a sleep */
+                break;
             }
         }
         seen = g;
-        /* every worker acknowledges every job (even one it sits out), so none can mistake the
-         * next job's fields for this one's */
-        if (ith < P.nth) P.fn(P.arg, ith, P.nth);
-        atomic_fetch_sub_explicit(&P.pending, 1, memory_order_release);
+        /* workers past the call's thread count sit phases out (a stale nth only adds a helper) */
+        if (ith < atomic_load_explicit(&P.nth, memory_order_relaxed)) rd_claim_loop(g);
     }
     return NULL;
 }
 
-/* a forked child has none of the workers: start over with an empty pool */
+/* a forked child has none of the workers: start over with an empty pool (the phase counters
+ * carry on; new workers start from the current generation) */
 static void rd_after_fork(void) {
     pthread_mutex_init(&P.mu, NULL);
     pthread_mutex_init(&P.wake_mu, NULL);
     pthread_cond_init(&P.wake, NULL);
-    P.n_workers = P.sleepers = 0;
+    P.n_workers = 0;
+    atomic_store(&P.sleepers, 0);
 }
 
-/* all nth threads of the current job meet here (spinning: jobs are short) */
-static void rd_barrier(int nth) {
-    if (nth <= 1) return;
-    const unsigned g = atomic_load_explicit(&P.bar_gen, memory_order_acquire);
-    if (atomic_fetch_add_explicit(&P.bar_count, 1, memory_order_acq_rel) == nth - 1) {
-        atomic_store_explicit(&P.bar_count, 0, memory_order_relaxed);
-        atomic_fetch_add_explicit(&P.bar_gen, 1, memory_order_release);
-    } else {
-        int spins = 0;
-        while (atomic_load_explicit(&P.bar_gen, memory_order_acquire) == g) rd_wait_step(&spins);
-    }
-}
-
-/* run fn(arg, ith, nth) on nth threads (the caller is thread 0); P.mu must be held */
-static int rd_run(rd_job fn, void *arg, int nth) {
+/* make sure nth - 1 workers exist (P.mu held); returns the thread count we have */
+static int rd_pool(int nth) {
     if (nth > RD_MAX_THREADS) nth = RD_MAX_THREADS;
-    while (P.n_workers < nth - 1) {                  /* grow the pool on first use */
+    if (nth < 1) nth = 1;
+    if (nth > 1 && !P.atfork) { pthread_atfork(NULL, NULL, rd_after_fork); P.atfork = 1; }
+    while (P.n_workers < nth - 1) {
         pthread_t t;
         pthread_attr_t a;
         pthread_attr_init(&a);
         pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
         const int err = pthread_create(&t, &a, rd_worker,
-                                       (void *)(((uintptr_t)atomic_load(&P.gen) << 16) | (uintptr_t)(P.n_workers + 1)));
+                                       (void *)(((uintptr_t)rd_gen() << 16) | (uintptr_t)(P.n_workers + 1)));
         pthread_attr_destroy(&a);
-        if (err) { nth = P.n_workers + 1; break; }
+        if (err) return P.n_workers + 1;
         P.n_workers++;
     }
-    if (nth <= 1) { fn(arg, 0, 1); return 1; }
-    if (!P.atfork) { pthread_atfork(NULL, NULL, rd_after_fork); P.atfork = 1; }
-    P.fn = fn, P.arg = arg, P.nth = nth;
-    atomic_store(&P.pending, P.n_workers);
-    atomic_store(&P.bar_count, 0);
-    pthread_mutex_lock(&P.wake_mu);
-    atomic_fetch_add_explicit(&P.gen, 1, memory_order_release);
-    if (P.sleepers) pthread_cond_broadcast(&P.wake);
-    pthread_mutex_unlock(&P.wake_mu);
-    fn(arg, 0, nth);
-    int spins = 0;
-    while (atomic_load_explicit(&P.pending, memory_order_acquire) > 0) rd_wait_step(&spins);
     return nth;
 }
 
-/* ---- scratch (grown under P.mu; one step runs at a time) --------------------------------- */
+/* fn over units [0, n) on up to nth threads, the caller among them, in claims of at least mn
+ * units, multiples of grain (P.mu held) */
+static void rd_parallel(rd_chunk fn, void *arg, int n, int grain, int mn, int nth) {
+    if (n <= 0) return;
+    if (nth <= 1 || n <= mn) {
+        fn(arg, 0, n);
+        return;
+    }
+    atomic_store_explicit(&P.fn, fn, memory_order_relaxed);
+    atomic_store_explicit(&P.arg, arg, memory_order_relaxed);
+    atomic_store_explicit(&P.n, n, memory_order_relaxed);
+    atomic_store_explicit(&P.nth, nth, memory_order_relaxed);
+    atomic_store_explicit(&P.grain, grain, memory_order_relaxed);
+    atomic_store_explicit(&P.min, mn, memory_order_relaxed);
+    atomic_store_explicit(&P.done, 0, memory_order_relaxed);
+    const uint32_t g = rd_gen() + 1;
+    atomic_store(&P.claim, (uint64_t)g << 32);           /* seq_cst: pairs with the sleepers count */
+    if (atomic_load(&P.sleepers)) {
+        pthread_mutex_lock(&P.wake_mu);
+        pthread_cond_broadcast(&P.wake);
+        pthread_mutex_unlock(&P.wake_mu);
+    }
+    rd_claim_loop(g);
+    int spins = 0;                                       /* chunks other threads still run */
+    while (atomic_load_explicit(&P.done, memory_order_acquire) < n) rd_wait_step(&spins);
+}
+
+/* a gemv phase's smallest claim: RD_MIN_MACS multiply-adds (about a µs), in whole cache lines of
+ * output (16 rows), so no two threads write the same line of y */
+#define RD_MIN_MACS 16384
+static int rd_min_rows(int K, int T) {
+    const int r = (int)(RD_MIN_MACS / ((int64_t)K * T));
+    return r < 16 ? 16 : (r + 15) & ~15;
+}
+
+/* ---- scratch (grown under P.mu; one call runs at a time) --------------------------------- */
 
 static struct {
     size_t cap;                                      /* bytes */
@@ -335,25 +426,10 @@ static int rd_type_ok(const rd_mat *m) {
     return RD_OK;
 }
 
-/* rows [r0, r1) of nth even shares of n, on 4-row tile boundaries */
-static void rd_share(int n, int ith, int nth, int *r0, int *r1) {
-    const int tiles = (n + 3) / 4;
-    *r0 = 4 * (int)((int64_t)tiles * ith / nth);
-    *r1 = 4 * (int)((int64_t)tiles * (ith + 1) / nth);
-    if (*r1 > n) *r1 = n;
-    if (*r0 > n) *r0 = n;
-}
-
-static void rd_gemv_share(const rd_kernels *k, const rd_mat *m, const rd_act *a, int ith, int nth, float *y) {
-    int r0, r1;
-    rd_share(m->n, ith, nth, &r0, &r1);
-    if (r1 > r0) k->gemv(m->type, m->data, (size_t)m->row_bytes, m->k, r0, r1, a, y + r0);
-}
-
-/* per-thread activation buffers for K floats, carved from one block */
-static rd_act rd_act_at(char *base, int ith, int K) {
+/* activation buffers (quantized x) for T rows of K, carved from one block */
+static rd_act rd_act_at(char *base, int t, int K) {
     const size_t per = 2 * rd_align((size_t)K) + 4 * rd_align(sizeof(float) * (size_t)(K / 32));
-    char *p = base + per * (size_t)ith;
+    char *p = base + per * (size_t)t;
     const size_t nbf = rd_align(sizeof(float) * (size_t)(K / 32)) / sizeof(float);
     rd_act a = {(int8_t *)p, (int8_t *)p + rd_align((size_t)K), (float *)(p + 2 * rd_align((size_t)K)), NULL, NULL};
     a.s = a.u + nbf;
@@ -361,39 +437,67 @@ static rd_act rd_act_at(char *base, int ith, int K) {
     return a;
 }
 
-static size_t rd_act_bytes(int K, int nth) {
-    return (2 * rd_align((size_t)K) + 4 * rd_align(sizeof(float) * (size_t)(K / 32))) * (size_t)nth;
+static size_t rd_act_bytes(int K, int T) {
+    return (2 * rd_align((size_t)K) + 4 * rd_align(sizeof(float) * (size_t)(K / 32))) * (size_t)T;
+}
+
+/* ---- a gemv phase: up to 3 matrices on the same activation(s), their rows one range --------- */
+
+typedef struct {
+    const rd_kernels *k;
+    int nm, T;                                       /* matrices, activations */
+    const rd_mat *m[3];
+    float *y[3];                                     /* [T, m->n] each */
+    float *resid;                                    /* if set (T = 1): resid[r] += y[r] */
+    int r0[4];                                       /* first row of each matrix in the range */
+    const rd_act *a;                                 /* [T] */
+} rd_gemv_phase;
+
+static void rd_gemv_chunk(void *p, int u0, int u1) {
+    const rd_gemv_phase *ph = p;
+    for (int j = 0; j < ph->nm; j++) {
+        const rd_mat *m = ph->m[j];
+        const int r0 = (u0 > ph->r0[j] ? u0 : ph->r0[j]) - ph->r0[j];
+        const int r1 = (u1 < ph->r0[j + 1] ? u1 : ph->r0[j + 1]) - ph->r0[j];
+        if (r1 <= r0) continue;
+        for (int t = 0; t < ph->T; t++) {
+            float *y = ph->y[j] + (size_t)t * m->n;
+            ph->k->gemv(m->type, m->data, (size_t)m->row_bytes, m->k, r0, r1, &ph->a[t], y + r0);
+        }
+        if (ph->resid)
+            for (int r = r0; r < r1; r++) ph->resid[r] += ph->y[j][r];
+    }
+}
+
+static void rd_gemv_run(rd_gemv_phase *ph, int nth) {
+    ph->r0[0] = 0;
+    for (int j = 0; j < ph->nm; j++) ph->r0[j + 1] = ph->r0[j] + ph->m[j]->n;
+    rd_parallel(rd_gemv_chunk, ph, ph->r0[ph->nm], 16, rd_min_rows(ph->m[0]->k, ph->T), nth);
 }
 
 /* ---- gemv: y[T, N] = x[T, K] · W^T (the head, and tests) --------------------------------- */
 
-typedef struct {
-    const rd_kernels *k;
-    const rd_mat *m;
-    const float *x;
-    float *y;
-    int T;
-    char *acts;
-} rd_gemv_job;
-
-static void rd_gemv_fn(void *p, int ith, int nth) {
-    rd_gemv_job *j = p;
-    rd_act a = rd_act_at(j->acts, ith, j->m->k);
-    for (int t = 0; t < j->T; t++) {
-        j->k->quantize(j->x + (size_t)t * j->m->k, j->m->k, &a);
-        rd_gemv_share(j->k, j->m, &a, ith, nth, j->y + (size_t)t * j->m->n);
-    }
-}
+#define RD_MAX_T 64
 
 RD_EXPORT int rd_gemv(const rd_mat *m, const float *x, float *y, int T, int nth) {
     int err = rd_type_ok(m);
     if (err) return err;
     if (T <= 0) return RD_E_SHAPE;
-    if (nth < 1) nth = 1;
     pthread_mutex_lock(&P.mu);
-    rd_gemv_job j = {K_(), m, x, y, T, rd_scratch(rd_act_bytes(m->k, nth > RD_MAX_THREADS ? RD_MAX_THREADS : nth))};
-    if (!j.acts) err = RD_E_NOMEM;
-    else rd_run(rd_gemv_fn, &j, nth);
+    const rd_kernels *k = K_();
+    nth = rd_pool(nth);
+    for (int t0 = 0; t0 < T && !err; t0 += RD_MAX_T) {
+        const int Tn = T - t0 < RD_MAX_T ? T - t0 : RD_MAX_T;
+        char *acts = rd_scratch(rd_act_bytes(m->k, Tn));
+        if (!acts) { err = RD_E_NOMEM; break; }
+        rd_act a[RD_MAX_T];
+        for (int t = 0; t < Tn; t++) {
+            a[t] = rd_act_at(acts, t, m->k);
+            k->quantize(x + (size_t)(t0 + t) * m->k, m->k, &a[t]);
+        }
+        rd_gemv_phase ph = {.k = k, .nm = 1, .T = Tn, .m = {m}, .y = {y + (size_t)t0 * m->n}, .a = a};
+        rd_gemv_run(&ph, nth);
+    }
     pthread_mutex_unlock(&P.mu);
     return err;
 }
@@ -488,16 +592,16 @@ RD_EXPORT int rd_quantize(const float *x, int K, int8_t *q, int8_t *l, float *u,
 
 /* ---- one block, T = 1 ------------------------------------------------------------------- */
 
+/* The block is five phases; between them the caller alone does the little serial work (norms,
+ * quantizing the next activation: a few µs of the ~100-300). */
 typedef struct {
     const rd_kernels *k;
     const rd_layer *L;
-    float *x;                                        /* [D] residual, updated in place */
     int pos, n_ctx;
     float *kc, *vc;                                  /* this layer's cache: [Hkv, n_ctx, Dh] each */
     const float *cos, *sin;                          /* [Dh/2] at pos */
-    float *h, *qkv, *att, *y, *gu, *scores;          /* h/acts per thread; the rest shared */
-    char *acts;
-    int Kmax;
+    float *qkv, *att, *gu, *kcur, *scores;           /* kcur [H, Dh], scores [H, n_ctx + 16] */
+    const rd_act *a;
 } rd_step;
 
 static void rd_rope(float *v, const float *c, const float *s, int half) {   /* adjacent pairs */
@@ -508,73 +612,38 @@ static void rd_rope(float *v, const float *c, const float *s, int half) {   /* a
     }
 }
 
-static void rd_layer_fn(void *p, int ith, int nth) {
-    rd_step *st = p;
-    const rd_kernels *k = st->k;
+/* query head hd: RoPE, attention.  The group's first head writes its K/V to the cache; every
+ * head uses its own roped copy of the current k (attend reads it apart from the cache). */
+static void rd_attn_head(const rd_step *st, int hd) {
     const rd_layer *L = st->L;
-    const int D = L->D, Dh = L->Dh, H = L->H, Hkv = L->Hkv, F = L->F, G = H / Hkv;
-    const int nq = H * Dh, nkv = Hkv * Dh;
-    float *h = st->h + (size_t)ith * st->Kmax;
-    rd_act a = rd_act_at(st->acts, ith, st->Kmax);
-    float *q = st->qkv, *kk = q + nq, *vv = kk + nkv;
-    int r0, r1;
-
-    /* 1. attention norm, Q/K/V rows */
-    k->rmsnorm(st->x, L->attn_norm, D, L->eps, h);
-    k->quantize(h, D, &a);
-    rd_gemv_share(k, &L->q, &a, ith, nth, q);
-    rd_gemv_share(k, &L->k, &a, ith, nth, kk);
-    rd_gemv_share(k, &L->v, &a, ith, nth, vv);
-    rd_barrier(nth);
-
-    /* 2. per query head: RoPE, attention.  The thread that owns a kv group's first head writes
-     *    its K/V to the cache; every head uses its own roped copy of the current k. */
-    const float scale = 1.0f / sqrtf((float)Dh);
-    float *kcur = h;                                   /* h is free now: [Dh] */
-    float *sc = st->scores + (size_t)ith * (st->n_ctx + 16);
-    for (int hd = (int)((int64_t)H * ith / nth); hd < (int)((int64_t)H * (ith + 1) / nth); hd++) {
-        const int g = hd / G;
-        memcpy(kcur, kk + g * Dh, sizeof(float) * Dh);
-        rd_rope(kcur, st->cos, st->sin, Dh / 2);
-        float *qh = q + hd * Dh;
-        rd_rope(qh, st->cos, st->sin, Dh / 2);
-        const float *kcg = st->kc + (size_t)g * st->n_ctx * Dh, *vcg = st->vc + (size_t)g * st->n_ctx * Dh;
-        if (hd % G == 0) {                  /* the group's first head: one writer per group */
-            memcpy((float *)kcg + (size_t)st->pos * Dh, kcur, sizeof(float) * Dh);
-            memcpy((float *)vcg + (size_t)st->pos * Dh, vv + g * Dh, sizeof(float) * Dh);
-        }
-        k->attend(qh, kcg, vcg, kcur, vv + g * Dh, st->pos, Dh, scale, sc, st->att + hd * Dh);
+    const int Dh = L->Dh, G = L->H / L->Hkv, g = hd / G;
+    const float *kk = st->qkv + L->H * Dh, *vv = kk + L->Hkv * Dh;
+    float *kcur = st->kcur + (size_t)hd * Dh, *qh = st->qkv + (size_t)hd * Dh;
+    memcpy(kcur, kk + g * Dh, sizeof(float) * Dh);
+    rd_rope(kcur, st->cos, st->sin, Dh / 2);
+    rd_rope(qh, st->cos, st->sin, Dh / 2);
+    const float *kcg = st->kc + (size_t)g * st->n_ctx * Dh, *vcg = st->vc + (size_t)g * st->n_ctx * Dh;
+    if (hd % G == 0) {
+        memcpy((float *)kcg + (size_t)st->pos * Dh, kcur, sizeof(float) * Dh);
+        memcpy((float *)vcg + (size_t)st->pos * Dh, vv + g * Dh, sizeof(float) * Dh);
     }
-    rd_barrier(nth);
+    st->k->attend(qh, kcg, vcg, kcur, vv + g * Dh, st->pos, Dh, 1.0f / sqrtf((float)Dh),
+                  st->scores + (size_t)hd * (st->n_ctx + 16), st->att + (size_t)hd * Dh);
+}
 
-    /* 3. output projection, residual (each thread adds its own rows) */
-    k->quantize(st->att, nq, &a);
-    rd_share(D, ith, nth, &r0, &r1);
-    if (r1 > r0) {
-        k->gemv(L->o.type, L->o.data, (size_t)L->o.row_bytes, L->o.k, r0, r1, &a, st->y + r0);
-        for (int i = r0; i < r1; i++) st->x[i] += st->y[i];
-    }
-    rd_barrier(nth);
+static void rd_attn_chunk(void *p, int h0, int h1) {
+    for (int hd = h0; hd < h1; hd++) rd_attn_head(p, hd);
+}
 
-    /* 4. ffn norm, gate and up rows, SiLU(gate)·up for those rows */
-    k->rmsnorm(st->x, L->ffn_norm, D, L->eps, h);
-    k->quantize(h, D, &a);
-    rd_share(F, ith, nth, &r0, &r1);
-    if (r1 > r0) {
-        float *g = st->gu, *u = st->gu + F;
-        k->gemv(L->gate.type, L->gate.data, (size_t)L->gate.row_bytes, D, r0, r1, &a, g + r0);
-        k->gemv(L->up.type, L->up.data, (size_t)L->up.row_bytes, D, r0, r1, &a, u + r0);
-        k->swiglu(g + r0, u + r0, r1 - r0, g + r0);            /* in place: gu[:F] = act */
-    }
-    rd_barrier(nth);
-
-    /* 5. down projection, residual */
-    k->quantize(st->gu, F, &a);
-    rd_share(D, ith, nth, &r0, &r1);
-    if (r1 > r0) {
-        k->gemv(L->down.type, L->down.data, (size_t)L->down.row_bytes, F, r0, r1, &a, st->y + r0);
-        for (int i = r0; i < r1; i++) st->x[i] += st->y[i];
-    }
+/* gate and up rows [r0, r1), then SiLU(gate)·up for them (in place: gu[:F] = act) */
+static void rd_ffn_chunk(void *p, int r0, int r1) {
+    const rd_step *st = p;
+    const rd_layer *L = st->L;
+    const int F = L->F;
+    float *g = st->gu, *u = st->gu + F;
+    st->k->gemv(L->gate.type, L->gate.data, (size_t)L->gate.row_bytes, L->D, r0, r1, st->a, g + r0);
+    st->k->gemv(L->up.type, L->up.data, (size_t)L->up.row_bytes, L->D, r0, r1, st->a, u + r0);
+    st->k->swiglu(g + r0, u + r0, r1 - r0, g + r0);
 }
 
 /* x [D] f32 at position pos through block L, in place; writes K/V at pos into kc/vc
@@ -592,30 +661,54 @@ RD_EXPORT int rd_layer_step(const rd_layer *L, float *x, int pos, float *kc, flo
         L->v.n != Hkv * Dh || L->o.k != H * Dh || L->o.n != D || L->gate.k != D || L->gate.n != F ||
         L->up.k != D || L->up.n != F || L->down.k != F || L->down.n != D)
         return RD_E_SHAPE;
-    if (nth < 1) nth = 1;
-    if (nth > RD_MAX_THREADS) nth = RD_MAX_THREADS;
-    if (nth > H) nth = H;                  /* every thread has a head in step 2 */
     const int Kmax = D > F ? (D > H * Dh ? D : H * Dh) : (F > H * Dh ? F : H * Dh);
     const size_t f = sizeof(float);
-    const size_t sz_h = rd_align(f * Kmax * nth), sz_qkv = rd_align(f * (H + 2 * Hkv) * Dh),
-                 sz_att = rd_align(f * H * Dh), sz_y = rd_align(f * D), sz_gu = rd_align(f * 2 * F),
-                 sz_sc = rd_align(f * (n_ctx + 16) * nth), sz_act = rd_act_bytes(Kmax, nth);
+    const size_t sz_h = rd_align(f * Kmax), sz_qkv = rd_align(f * (H + 2 * Hkv) * Dh), sz_att = rd_align(f * H * Dh),
+                 sz_y = rd_align(f * D), sz_gu = rd_align(f * 2 * F), sz_kcur = rd_align(f * H * Dh),
+                 sz_sc = rd_align(f * (n_ctx + 16) * H), sz_act = rd_act_bytes(Kmax, 1);
     pthread_mutex_lock(&P.mu);
-    char *buf = rd_scratch(sz_h + sz_qkv + sz_att + sz_y + sz_gu + sz_sc + sz_act);
-    int err = RD_OK;
-    if (!buf) err = RD_E_NOMEM;
-    else {
-        rd_step st = {.k = K_(), .L = L, .x = x, .pos = pos, .n_ctx = n_ctx, .kc = kc, .vc = vc, .cos = cos, .sin = sin};
-        st.h = (float *)buf;
-        st.qkv = (float *)(buf += sz_h);
-        st.att = (float *)(buf += sz_qkv);
-        st.y = (float *)(buf += sz_att);
-        st.gu = (float *)(buf += sz_y);
-        st.scores = (float *)(buf += sz_gu);
-        st.acts = buf + sz_sc;
-        st.Kmax = Kmax;
-        rd_run(rd_layer_fn, &st, nth);
+    char *buf = rd_scratch(sz_h + sz_qkv + sz_att + sz_y + sz_gu + sz_kcur + sz_sc + sz_act);
+    if (!buf) {
+        pthread_mutex_unlock(&P.mu);
+        return RD_E_NOMEM;
     }
+    nth = rd_pool(nth);
+    static _Thread_local rd_preempt caller_pre;
+    static unsigned calls;
+    if (nth > 1 && (calls++ & 15) == 0) rd_check_preempted(&caller_pre);
+    const rd_kernels *k = K_();
+    float *h = (float *)buf, *qkv = (float *)(buf += sz_h), *att = (float *)(buf += sz_qkv),
+          *y = (float *)(buf += sz_att), *gu = (float *)(buf += sz_y), *kcur = (float *)(buf += sz_gu),
+          *scores = (float *)(buf += sz_kcur);
+    const rd_act a = rd_act_at(buf + sz_sc, 0, Kmax);
+    const int nq = H * Dh, nkv = Hkv * Dh;
+
+    /* 1. attention norm, Q/K/V rows */
+    k->rmsnorm(x, L->attn_norm, D, L->eps, h);
+    k->quantize(h, D, &a);
+    rd_gemv_phase qp = {.k = k, .nm = 3, .T = 1, .m = {&L->q, &L->k, &L->v}, .y = {qkv, qkv + nq, qkv + nq + nkv}, .a = &a};
+    rd_gemv_run(&qp, nth);
+
+    /* 2. per query head: RoPE, attention */
+    rd_step st = {.k = k, .L = L, .pos = pos, .n_ctx = n_ctx, .kc = kc, .vc = vc, .cos = cos, .sin = sin,
+                  .qkv = qkv, .att = att, .gu = gu, .kcur = kcur, .scores = scores, .a = &a};
+    rd_parallel(rd_attn_chunk, &st, H, 1, 1, nth);
+
+    /* 3. output projection, residual (each chunk adds its own rows) */
+    k->quantize(att, nq, &a);
+    rd_gemv_phase op = {.k = k, .nm = 1, .T = 1, .m = {&L->o}, .y = {y}, .resid = x, .a = &a};
+    rd_gemv_run(&op, nth);
+
+    /* 4. ffn norm, gate and up rows, SiLU(gate)·up for those rows */
+    k->rmsnorm(x, L->ffn_norm, D, L->eps, h);
+    k->quantize(h, D, &a);
+    rd_parallel(rd_ffn_chunk, &st, F, 16, rd_min_rows(2 * D, 1), nth);   /* a row: gate's and up's */
+
+    /* 5. down projection, residual */
+    k->quantize(gu, F, &a);
+    rd_gemv_phase dp = {.k = k, .nm = 1, .T = 1, .m = {&L->down}, .y = {y}, .resid = x, .a = &a};
+    rd_gemv_run(&dp, nth);
+
     pthread_mutex_unlock(&P.mu);
-    return err;
+    return RD_OK;
 }
