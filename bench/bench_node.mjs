@@ -6,7 +6,7 @@
 //    realm_embed.tokenize called from Python.
 //
 //   cd bindings/js && npm install
-//   REALM_PYTHON=.venv/bin/python node bench/bench_node.mjs [--reps 3] [--precision exact|fast] [--json out.json]
+//   REALM_PYTHON=.venv/bin/python [REALM_TORCH_THREADS=N] node bench/bench_node.mjs [--reps 3] [--precision exact|fast] [--json out.json]
 //
 // --precision picks both paths' sessions (default exact): fast decodes ~10x faster, so the
 // binding's per-token cost weighs ~10x more there.
@@ -32,6 +32,8 @@ const JSON_OUT = opt('--json');
 const PRECISION = opt('--precision', 'exact');
 if (!['exact', 'fast'].includes(PRECISION)) throw new Error(`--precision must be exact or fast, got ${PRECISION}`);
 const PYTHON = process.env.REALM_PYTHON || path.join(ROOT, '.venv/bin/python');
+// torch's thread count, for the library in this process (it reads REALM_TORCH_THREADS) and the anchor
+const THREADS = Number(process.env.REALM_TORCH_THREADS || 1);
 const TEXT = 'The history of the city is long and full of surprises. '.repeat(40);
 const SHORT = 'Hello, world';
 
@@ -87,7 +89,7 @@ for (let r = 0; r < REPS; r++) {
 // ---- Python anchor (same process-free loop in the venv's python) ---------------------------------
 const py = JSON.parse(execFileSync(PYTHON, ['-c', `
 import json, time, torch
-torch.set_num_threads(1)
+torch.set_num_threads(${THREADS})
 import realm_embed as realm
 mid = realm.store_model()
 ids = realm.tokenize(mid, ${JSON.stringify(TEXT)})[:${PREFILL}]
@@ -124,7 +126,7 @@ for (const key of Object.keys(callRows[0])) {
     nodeSpread: spread(n), pythonSpread: key.startsWith('tokenize') ? spread(py.tokenize_us) : '' });
 }
 console.log(`Node ${process.version}, koffi ${native.koffi.version}, library ${Realm.version()} (${Realm.libraryPath()}); ` +
-  `precision ${PRECISION}, prefill ${PREFILL}, decode ${DECODE} greedy, ${REPS} reps, ${CALLS} calls per overhead rep (x10 for abi_version); torch threads 1`);
+  `precision ${PRECISION}, prefill ${PREFILL}, decode ${DECODE} greedy, ${REPS} reps, ${CALLS} calls per overhead rep (x10 for abi_version); torch threads ${THREADS}`);
 console.log(`${'measure'.padEnd(28)} ${'node'.padStart(10)} ${'python'.padStart(10)} ${'node/py'.padStart(8)}  spread node | python`);
 for (const r of rows) {
   const f = (x) => (x === null ? '-' : fmt(x));

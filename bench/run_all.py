@@ -26,6 +26,7 @@ chart next to it (needs matplotlib: pip install -e '.[bench]').  Nothing here as
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -229,13 +230,13 @@ def host_node(args) -> list[dict]:
     if not shutil.which("node") or not (ROOT / "bindings/js/node_modules").is_dir():
         raise FileNotFoundError("node or bindings/js/node_modules missing (cd bindings/js && npm install)")
     rows = []
-    for precision in host_precisions(args):
+    for threads, precision in itertools.product(args.threads, host_precisions(args)):
         out = _tmp_json()
         subprocess.run(["node", "bench/bench_node.mjs", "--reps", str(args.reps), "--precision", precision,
                         "--json", out], capture_output=True, text=True, timeout=1200, cwd=ROOT, check=True,
-                       env={**os.environ, "REALM_PYTHON": sys.executable})
+                       env={**os.environ, "REALM_PYTHON": sys.executable, "REALM_TORCH_THREADS": str(threads)})
         data = json.loads(Path(out).read_text())
-        row = {"path": f"Node (koffi), {precision}", "threads": 1, "note": "its own loop; "}
+        row = {"path": f"Node (koffi), {precision}", "threads": threads, "note": "its own loop; "}
         for r in data["rows"]:
             for phase in ("prefill", "decode"):
                 if r["what"] == f"{phase} tok/s":
@@ -252,12 +253,13 @@ def host_go(args) -> list[dict]:
     if not shutil.which("go"):
         raise FileNotFoundError("go is not installed")
     rows = []
-    for precision in host_precisions(args):
+    for threads, precision in itertools.product(args.threads, host_precisions(args)):
         out = _tmp_json()
         subprocess.run(["sh", "bench/bench_go.sh", "-reps", str(args.reps), "-precision", precision, "-json", out],
-                       capture_output=True, text=True, timeout=1800, cwd=ROOT, check=True)
+                       capture_output=True, text=True, timeout=1800, cwd=ROOT, check=True,
+                       env={**os.environ, "REALM_TORCH_THREADS": str(threads)})
         data = json.loads(Path(out).read_text())
-        row = {"path": f"Go (cgo), {precision}", "threads": 1, "note": "its own loop; "}
+        row = {"path": f"Go (cgo), {precision}", "threads": threads, "note": "its own loop; "}
         for r in data["rows"]:
             for phase in ("prefill", "decode"):
                 if r["metric"].startswith(phase) and r["unit"] == "tok/s":
