@@ -2,12 +2,13 @@
 ctypes.
 
 For one token (T = 1) on CPU, fast mode runs a whole llama block in one C call on the GGUF's own
-quantized bytes (Q4_0 / Q4_1 / Q8_0), with int8-quantized activations and integer dot products
+quantized bytes (Q4_0 / Q4_1 / Q8_0 / Q4_K / Q5_K / Q6_K, mixed freely within a block, e.g.
+Q4_K_M's Q4_K with Q6_K attn_v / ffn_down), with int8-quantized activations and integer dot products
 (AVX-512 VNNI, AVX2 or plain C, picked at load), on a small pthread pool sized by
 torch.get_num_threads() (or THREADS), call by call.  The pool hands out work in chunks that any
 thread may claim, so a worker a busy machine doesn't schedule doesn't hold decode up.  The KV
 cache stays the session's torch tensors, so C decode steps and torch prefill mix freely.  Anything else (prefill, CUDA, other types, qwen2's biases or "neox"
-RoPE, partial rotary) stays on fast.py's torch path.
+RoPE, partial rotary, a K-quant matrix whose K is not a multiple of 256) stays on fast.py's torch path.
 
 Switches: REALM_CPU_KERNELS=0 (or ENABLED = False at run time) turns the C path off;
 REALM_CPU_VARIANT=scalar|avx2 caps the instruction set (set_variant forces one, for tests).
@@ -22,11 +23,11 @@ import os
 from pathlib import Path
 
 import torch
-from gguf.constants import GGMLQuantizationType as QT
+from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType as QT
 
 ENABLED = os.environ.get("REALM_CPU_KERNELS", "1") != "0"
 THREADS: int | None = None      # the C pool's thread count; None: torch.get_num_threads(), call by call
-TYPES = (QT.Q4_0, QT.Q4_1, QT.Q8_0)
+TYPES = (QT.Q4_0, QT.Q4_1, QT.Q8_0, QT.Q4_K, QT.Q5_K, QT.Q6_K)
 VARIANTS = ("scalar", "avx2", "avx512")
 HEAD_MAX_T = 16                 # logits() for up to this many positions go through the C gemv
 _ERRORS = {-1: "unsupported weight type", -2: "bad shape", -3: "out of memory", -4: "variant not supported"}
@@ -107,7 +108,7 @@ def mat(raw: torch.Tensor, qtype, shape) -> Mat:
 
 def supported(model, name: str) -> bool:
     info = model.tensor_info(name)
-    return info.ggml_type in TYPES and len(info.shape) == 2 and info.shape[1] % 32 == 0
+    return info.ggml_type in TYPES and len(info.shape) == 2 and info.shape[1] % GGML_QUANT_SIZES[info.ggml_type][0] == 0
 
 
 def gemv(m: Mat, x: torch.Tensor, threads: int | None = None) -> torch.Tensor:   # x [T, K] f32 -> [T, N]

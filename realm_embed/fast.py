@@ -16,7 +16,8 @@ except an output head, which is requantized to 4 bits (its top logits are recomp
 Logits move by ~0.07 on average from exact mode (bf16 activations).  The output head's bf16
 result is refined: each position's top REFINE logits are recomputed in f32 from the GGUF rows,
 so greedy choices and top-k / top-p candidates see exact-mode-grade numbers.
-On CPU, a one-token step (decode) of a block whose weights are Q4_0/Q4_1/Q8_0, and the head for
+On CPU, a one-token step (decode) of a block whose weights are Q4_0/Q4_1/Q8_0/Q4_K/Q5_K/Q6_K
+(any mix), and the head for
 a few positions, skip all of this: cpu_kernels.py runs them in C on the GGUF's own blocks (one
 call per layer, int8 activations, closer to exact than bf16), with the same KV cache tensors.
 On CUDA the same layout goes through tinygemm (`_weight_int4pack_mm`, its own packing), after

