@@ -113,6 +113,12 @@ def top_k_logits(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tens
         raise ArgumentError(f"k={k!r} must be an integer >= 1")
     if not isinstance(logits, torch.Tensor) or logits.dim() != 1:
         raise ArgumentError("logits must be a 1-D tensor [V]")
+    if k == 1 and logits.numel():
+        # greedy: one pass.  max propagates NaN, and on ties returns the first (lowest) id.
+        value, idx = logits.max(0)
+        if torch.isnan(value):
+            raise ArgumentError("logits contain NaN")
+        return value.view(1), idx.view(1)
     if torch.isnan(logits).any():
         raise ArgumentError("logits contain NaN")
     k = min(k, logits.numel())

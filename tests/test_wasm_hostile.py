@@ -19,10 +19,20 @@ MEM = 8 * 65536                      # the proxy's memory
 RAW = "The capital of France is"
 
 
-@pytest.fixture(scope="module")
-def host():
-    with Host() as h:
-        yield h
+@pytest.fixture(scope="module", params=["lean", "wasmtime-py"])
+def host(request):
+    """Every hostile case runs through both import trampolines: the host's lean one (on
+    wasmtime-py's internals) and wasmtime-py's own, its fallback where those internals change."""
+    from realm_embed.wasm import host as host_module
+    native = host_module._NATIVE
+    if request.param == "lean" and not native:
+        pytest.skip("this wasmtime-py lacks the internals the lean trampoline uses")
+    host_module._NATIVE = request.param == "lean"
+    try:
+        with Host() as h:
+            yield h
+    finally:
+        host_module._NATIVE = native
 
 
 @pytest.fixture(scope="module")

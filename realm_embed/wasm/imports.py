@@ -226,16 +226,16 @@ def _dims(s):
     return c.n_embd, c.n_vocab
 
 
-def _hidden(m, s, hidden, T, n_embd, rows=None) -> torch.Tensor:   # -> [T, D] (or the last row)
+def _hidden(t, m, s, hidden, T, n_embd, rows=None) -> torch.Tensor:   # -> [T, D] (or the last row)
     D, _ = _dims(s)
     if n_embd != D:
         raise ArgumentError(f"n_embd {n_embd} is not the model's D = {D}")
     if T == 0:
         raise ArgumentError("n_tokens is 0: at least one token is needed")
-    m.span(hidden, T * D, 4, "hidden")
     if rows == "last":
-        return m.read_f32(hidden + 4 * (T - 1) * D, D, "hidden").view(1, D)
-    return m.read_f32(hidden, T * D, "hidden").view(T, D)
+        m.span(hidden, T * D, 4, "hidden")
+        return m.read_f32(hidden + 4 * (T - 1) * D, D, "hidden", t.scratch(1, D))
+    return m.read_f32(hidden, T * D, "hidden", t.scratch(T, D))       # the read checks the span first
 
 
 def _out(m, ptr, cap, need, what):
@@ -297,33 +297,30 @@ def embed_tokens(t, m, handle, ids, T, out, cap):
     D, _ = _dims(s)
     tokens = _ids(m, ids, T)
     _out(m, out, cap, T * D, "out")
-    with t.compute():
-        m.write_f32(out, rs.embed_tokens(s, tokens), "out")
+    m.write_f32(out, t.timed(rs.embed_tokens, s, tokens), "out")
 
 
 @realm_import("forward_layer", "huupuupu")
 def forward_layer(t, m, handle, layer, pos, hidden, T, n_embd, out, cap):
     s = t.handles.get(SESSION, handle)
-    x = _hidden(m, s, hidden, T, n_embd)
+    x = _hidden(t, m, s, hidden, T, n_embd)
     _out(m, out, cap, T * n_embd, "out")
-    with t.compute():
-        m.write_f32(out, rs.forward_layer(s, layer, x, pos), "out")
+    m.write_f32(out, t.timed(rs.forward_layer, s, layer, x, pos), "out")
 
 
 @realm_import("compute_logits", "hpuupu")
 def compute_logits(t, m, handle, hidden, T, n_embd, logits, cap):
     s = t.handles.get(SESSION, handle)
     _, V = _dims(s)
-    x = _hidden(m, s, hidden, T, n_embd)
+    x = _hidden(t, m, s, hidden, T, n_embd)
     _out(m, logits, cap, T * V, "logits")
-    with t.compute():
-        m.write_f32(logits, rs.compute_logits(s, x), "logits")
+    m.write_f32(logits, t.timed(rs.compute_logits, s, x), "logits")
 
 
 @realm_import("logits_top_k", "hpuupuuppp")
 def logits_top_k(t, m, handle, hidden, T, n_embd, bias, n_bias, k, ids, values, n_out):
     s = t.handles.get(SESSION, handle)
-    x = _hidden(m, s, hidden, T, n_embd, rows="last")
+    x = _hidden(t, m, s, hidden, T, n_embd, rows="last")
     b = _bias(m, s, bias, n_bias)
     _check_top_k(m, s, k, ids, values, n_out)
     with t.compute():
@@ -337,8 +334,7 @@ def decode(t, m, handle, ids, T, flags, logits, cap):
     tokens = _ids(m, ids, T)
     _flags(flags, 1, "decode")
     _out(m, logits, cap, T * V if flags & 1 else V, "logits")
-    with t.compute():
-        m.write_f32(logits, rs.decode(s, tokens, all_logits=bool(flags & 1)), "logits")
+    m.write_f32(logits, t.timed(rs.decode, s, tokens, all_logits=bool(flags & 1)), "logits")
 
 
 @realm_import("decode_top_k", "hpupuuppp")

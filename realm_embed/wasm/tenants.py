@@ -17,6 +17,7 @@ from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import torch
 import wasmtime
 
 from .. import api
@@ -25,7 +26,7 @@ from ..model import PRECISIONS
 from .errors import GuestLimitError, GuestStop, GuestTrap, error_for
 from .host import _CURRENT, HostCallbackError
 from .imports import MODEL, SESSION
-from .memory import MASK32, GuestMemory
+from .memory import MASK32, BaseCache, GuestMemory
 
 log = logging.getLogger("realm_embed.wasm")
 
@@ -161,6 +162,8 @@ class Tenant:
         self.store = wasmtime.Store(self.host.engine)
         self.store.set_limits(memory_size=mem_bytes, table_elements=100_000, instances=1, tables=4, memories=1)
         self.memory = None
+        self._base = BaseCache()          # the memory's base address, re-read whenever its size changes
+        self._scratch: dict[tuple[int, int], torch.Tensor] = {}
         mt = self.module.memory_import
         if mt is not None:
             pages = mem_bytes // 65536
@@ -257,7 +260,7 @@ class Tenant:
     # ---- services for the imports -------------------------------------------------------------
 
     def memory_access(self, caller, fn: str) -> GuestMemory:
-        return GuestMemory(self.memory, caller, fn)
+        return GuestMemory(self.memory, caller, fn, self._base)
 
     def check_deadline(self) -> None:
         if time.perf_counter() >= self.deadline:
@@ -278,6 +281,27 @@ class Tenant:
         t0 = time.perf_counter()
         try:
             yield
+        finally:
+            self.stats["compute_seconds"] += time.perf_counter() - t0
+
+    def scratch(self, T: int, D: int) -> torch.Tensor:
+        """A [T, D] f32 tensor an import copies its input into, reused by this tenant's later calls
+        (one at a time: the tenant's lock).  Only for inputs of the runtime's primitives, none of
+        which keeps its input past the call."""
+        buf = self._scratch.get((T, D))
+        if buf is None:
+            buf = torch.empty(T, D)
+            if T * D <= 1 << 16:                     # decode steps and short chunks; not long prefills
+                if len(self._scratch) >= 8:
+                    self._scratch.clear()
+                self._scratch[(T, D)] = buf
+        return buf
+
+    def timed(self, fn, *args, **kwargs):
+        """fn(*args, **kwargs), its time counted as compute (compute() without a generator)."""
+        t0 = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
         finally:
             self.stats["compute_seconds"] += time.perf_counter() - t0
 
@@ -343,12 +367,12 @@ class Tenant:
         ptr = self.call("realm_guest_input", _i32(len(p) + len(x))) & MASK32
         if ptr == 0:
             raise LimitError(f"guest {self.name} has no room for an input of {len(p) + len(x)} bytes")
-        GuestMemory(self.memory, self.store, "realm_guest_input").write(ptr, p + x, "input")
+        GuestMemory(self.memory, self.store, "realm_guest_input", self._base).write(ptr, p + x, "input")
         self.output = bytearray()
         rc = self.call("realm_guest_generate", len(p), len(x), max_tokens, _i32(flags), float(temperature),
                        _i32(top_k), float(top_p), seed - (1 << 64) if seed >= 1 << 63 else seed)
         failure = self.last_failure
-        m = GuestMemory(self.memory, self.store, "realm_guest_result")
+        m = GuestMemory(self.memory, self.store, "realm_guest_result", self._base)
         res = self.call("realm_guest_result") & MASK32
         finish, n_prompt, n_gen, ids = struct.unpack("<iIII", m.read(res, 16, "result"))
         if rc < 0:
