@@ -149,6 +149,7 @@ class SessionTable:
                 self._live.pop(s.id, None)
             with REGISTRY._lock:
                 s.model.live_sessions -= 1
+            s.kv.graph = None                        # the captured step points back at the cache: break the cycle
             s.kv = None                              # release the cache now, not at GC time
 
     def fork(self, session) -> Session:

@@ -82,3 +82,20 @@ def test_static_step_masks_positions_past_pos(mid, no_c_kernels):
 
 def test_graphs_only_on_cuda():
     assert not cuda_graph.enabled(torch.device("cpu"))
+
+
+def test_freeing_a_session_releases_its_cache_without_gc(mid, no_c_kernels):
+    """The captured step and the cache point at each other; free() must break that, or a server's
+    freed sessions would hold their (GPU) caches until the next garbage collection."""
+    import gc
+    import weakref
+    s = realm.create_session(mid, 32, precision="fast")
+    realm.decode(s, realm.tokenize(mid, "One two"))
+    s.kv.graph = cuda_graph.GraphStep(s.tf, s.kv, capture=False)     # what step_for attaches on CUDA
+    cache = weakref.ref(s.kv)
+    gc.disable()
+    try:
+        realm.session_free(s)
+        assert cache() is None
+    finally:
+        gc.enable()
