@@ -2,8 +2,8 @@
 ctypes.
 
 For one token (T = 1) on CPU, fast mode runs a whole llama block in one C call on the GGUF's own
-quantized bytes (Q4_0 / Q4_1 / Q8_0 / Q4_K / Q5_K / Q6_K, mixed freely within a block, e.g.
-Q4_K_M's Q4_K with Q6_K attn_v / ffn_down), with int8-quantized activations and integer dot products
+quantized bytes (Q4_0 / Q4_1 / Q5_0 / Q5_1 / Q8_0 / Q4_K / Q5_K / Q6_K, mixed freely within a block,
+e.g. Q4_K_M's Q4_K with Q6_K attn_v / ffn_down, and Q5_0 where a width is not a multiple of 256), with int8-quantized activations and integer dot products
 (AVX-512 VNNI, AVX2 or plain C, picked at load), on a small pthread pool sized by
 torch.get_num_threads() (or THREADS), call by call.  The pool hands out work in chunks that any
 thread may claim, so a worker a busy machine doesn't schedule doesn't hold decode up.  The KV
@@ -27,7 +27,7 @@ from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType as QT
 
 ENABLED = os.environ.get("REALM_CPU_KERNELS", "1") != "0"
 THREADS: int | None = None      # the C pool's thread count; None: torch.get_num_threads(), call by call
-TYPES = (QT.Q4_0, QT.Q4_1, QT.Q8_0, QT.Q4_K, QT.Q5_K, QT.Q6_K)
+TYPES = (QT.Q4_0, QT.Q4_1, QT.Q5_0, QT.Q5_1, QT.Q8_0, QT.Q4_K, QT.Q5_K, QT.Q6_K)
 VARIANTS = ("scalar", "avx2", "avx512")
 HEAD_MAX_T = 16                 # logits() for up to this many positions go through the C gemv
 _ERRORS = {-1: "unsupported weight type", -2: "bad shape", -3: "out of memory", -4: "variant not supported"}

@@ -1,5 +1,6 @@
 """Reference quantizers for ggml's K-quants (Q4_K, Q5_K, Q6_K) in torch, and a writer for small
-synthetic llama GGUFs built with them (tests/test_cpu_kernels.py, bench/cpu_kquants.py).
+synthetic llama GGUFs built with them (tests/test_cpu_kernels.py, bench/cpu_kquants.py); the
+legacy 32-blocks (Q5_0, Q5_1, Q8_0, ...) come from gguf-py's quantizer.
 
 The quantizers follow ggml's block layouts (ggml-common.h) with the plain min/max choice of
 scales (quantize_row_q4_K_ref adds an iterative search on top; the layout is what matters
@@ -79,7 +80,7 @@ def quantize_q6_k(x: torch.Tensor) -> torch.Tensor:
 
 
 def quantize(x: torch.Tensor, qtype) -> torch.Tensor:
-    """x [N, K] f32 -> GGUF bytes [N, row bytes] uint8 of qtype (K-quants here, Q8_0 by gguf-py)."""
+    """x [N, K] f32 -> GGUF bytes [N, row bytes] uint8 of qtype (K-quants here, the legacy Q4_0 ... Q8_0 by gguf-py)."""
     if qtype in (QT.Q4_K, QT.Q5_K):
         return quantize_q45_k(x, qtype)
     if qtype == QT.Q6_K:

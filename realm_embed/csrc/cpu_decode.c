@@ -13,7 +13,10 @@
  * Block layouts (ggml / GGUF; a weight row of K elements is K/32 consecutive blocks):
  *   Q4_0  18 bytes: f16 d, u8 qs[16]          w[j] = d·(q[j] - 8)
  *   Q4_1  20 bytes: f16 d, f16 m, u8 qs[16]   w[j] = d·q[j] + m
- *         (both: q[j] = qs[j] & 15 for j < 16, qs[j-16] >> 4 for j >= 16)
+ *   Q5_0  22 bytes: f16 d, u8 qh[4], u8 qs[16]          w[j] = d·(q[j] - 16)
+ *   Q5_1  24 bytes: f16 d, f16 m, u8 qh[4], u8 qs[16]   w[j] = d·q[j] + m
+ *         (all four: q[j] = qs[j] & 15 for j < 16, qs[j-16] >> 4 for j >= 16; Q5_x adds
+ *          16·(bit j of qh read as a little-endian uint32))
  *   Q8_0  34 bytes: f16 d, i8 qs[32]          w[j] = d·qs[j]
  * and the K-quants, super-blocks of 256 (a row is K/256 of them; each spans 8 activation blocks):
  *   Q4_K 144 bytes: f16 d, f16 dmin, scales[12], qs[128]     sub-block j of 32: w = d·sc_j·q - dmin·m_j
@@ -26,6 +29,7 @@
  * alone moved fast mode's logits 2.5x more than bf16 activations did).  With s = u·Σx_i ≈ Σx,
  * a block's dot is
  *   Q4_0: d·u·Σq_w·x_i - 8·d·s       Q4_1: d·u·Σq_w·x_i + m·s       Q8_0: d·u·Σq_w·x_i
+ *   Q5_0: d·u·Σq_w·x_i - 16·d·s      Q5_1: as Q4_1 (q_w 5 bits)
  *   Q4_K/Q5_K sub-block j: (d·sc_j)·u·Σq_w·x_i - (dmin·m_j)·s      Q6_K: per half of 16, as Q8_0
  * with Σq_w·x_i = 128·Σq_w·q + Σq_w·l in integers: vpdpbusd (AVX-512 VNNI), maddubs (AVX2) or
  * plain C.  Q8_0 (and Q6_K's q - 32) weights are signed, so they go in as |w| against x·sign(w)
@@ -61,7 +65,7 @@
 
 #define RD_EXPORT __attribute__((visibility("default")))
 
-enum { RD_Q4_0 = 2, RD_Q4_1 = 3, RD_Q8_0 = 8, RD_Q4_K = 12, RD_Q5_K = 13, RD_Q6_K = 14 };   /* ggml type ids */
+enum { RD_Q4_0 = 2, RD_Q4_1 = 3, RD_Q5_0 = 6, RD_Q5_1 = 7, RD_Q8_0 = 8, RD_Q4_K = 12, RD_Q5_K = 13, RD_Q6_K = 14 };   /* ggml type ids */
 enum { RD_SCALAR = 0, RD_AVX2 = 1, RD_AVX512 = 2 };
 enum { RD_OK = 0, RD_E_TYPE = -1, RD_E_SHAPE = -2, RD_E_NOMEM = -3, RD_E_VARIANT = -4 };
 
@@ -97,6 +101,18 @@ static inline float rd_expf(float x) {
     p = p * r * r + r + 1.0f;
     return p * rd_bits_f((ti - 0x4B400000u + 127u) << 23);
 }
+
+/* rd_b2b16[i]: byte k = 16 if bit k of i is set (Q5_0 / Q5_1's fifth bits, 8 at a time, in the
+ * plain C variant; ggml's table_b2b_0) */
+#define RD_B1(c, s, n) 0x##n##c, 0x##n##s
+#define RD_B2(c, s, n) RD_B1(c, s, n##c), RD_B1(c, s, n##s)
+#define RD_B3(c, s, n) RD_B2(c, s, n##c), RD_B2(c, s, n##s)
+#define RD_B4(c, s, n) RD_B3(c, s, n##c), RD_B3(c, s, n##s)
+#define RD_B5(c, s, n) RD_B4(c, s, n##c), RD_B4(c, s, n##s)
+#define RD_B6(c, s, n) RD_B5(c, s, n##c), RD_B5(c, s, n##s)
+#define RD_B7(c, s, n) RD_B6(c, s, n##c), RD_B6(c, s, n##s)
+#define RD_B8(c, s) RD_B7(c, s, c), RD_B7(c, s, s)
+static const uint64_t rd_b2b16[256] = {RD_B8(00, 10)};
 
 /* A quantized activation x [K], per block b of 32: x ≈ u[b]·(128·q + l), q and l int8 (see
  * rd_kernels.h), and s[b] = u[b]·Σ(128·q + l) ≈ Σx, for the weights' constant terms. */
@@ -432,6 +448,8 @@ static int rd_block_bytes(int type) {
     switch (type) {
     case RD_Q4_0: return 18;
     case RD_Q4_1: return 20;
+    case RD_Q5_0: return 22;
+    case RD_Q5_1: return 24;
     case RD_Q8_0: return 34;
     case RD_Q4_K: return 144;
     case RD_Q5_K: return 176;
@@ -542,6 +560,14 @@ static void rd_block_f32(int type, const uint8_t *blk, float *w) {
         for (int j = 0; j < 16; j++) {
             w[j] = (float)(blk[4 + j] & 15) * d + m;
             w[j + 16] = (float)(blk[4 + j] >> 4) * d + m;
+        }
+    } else if (type == RD_Q5_0 || type == RD_Q5_1) {       /* Q5_0: (q - 16)·d; Q5_1: (q·d) + m */
+        const int o = type == RD_Q5_0 ? 2 : 4;
+        const uint32_t qh = (uint32_t)blk[o] | (uint32_t)blk[o + 1] << 8 | (uint32_t)blk[o + 2] << 16 | (uint32_t)blk[o + 3] << 24;
+        const float m = type == RD_Q5_1 ? rd_f16_to_f32((uint16_t)(blk[2] | blk[3] << 8)) : 0.0f;
+        for (int j = 0; j < 32; j++) {
+            const int q = ((j < 16 ? blk[o + 4 + j] : blk[o + 4 + j - 16] >> 4) & 15) | (int)((qh >> j) & 1) << 4;
+            w[j] = type == RD_Q5_0 ? (float)(q - 16) * d : (float)q * d + m;
         }
     } else if (type == RD_Q4_K || type == RD_Q5_K) {       /* (q·(d·sc)) - (dmin·m) */
         const float dmin = rd_f16_to_f32((uint16_t)(blk[2] | blk[3] << 8));

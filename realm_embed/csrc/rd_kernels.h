@@ -75,10 +75,16 @@ static inline __m256i SFX(nibbles)(const uint8_t *qs) {     /* 16 bytes -> [lo n
     const __m128i t = _mm_loadu_si128((const __m128i *)qs);
     return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(t, 4), t), _mm256_set1_epi8(0x0F));
 }
+static inline __m256i SFX(bits16)(uint32_t qh) {          /* Q5_x's qh: byte j = 16 if bit j is set */
+    const __m256i pick = _mm256_setr_epi64x(0, 0x0101010101010101, 0x0202020202020202, 0x0303030303030303);
+    const __m256i bit = _mm256_set1_epi64x((long long)0x8040201008040201ull);
+    const __m256i v = _mm256_shuffle_epi8(_mm256_set1_epi32((int)qh), pick);    /* byte j = qh byte j/8 */
+    return _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(v, bit), bit), _mm256_set1_epi8(16));
+}
 static inline __m256i SFX(dot_us)(__m256i u, __m256i s) {    /* Σ u8·s8 in 8 int32 lanes */
 #if defined(__AVX512VNNI__)
     return _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s);
-#else   /* maddubs saturates a pair sum at 2^15 - 1; here u ≤ 128 (nibbles, |q8|) and |s| ≤ 127,
+#else   /* maddubs saturates a pair sum at 2^15 - 1; here u ≤ 128 (nibbles, 5-bit q, |q8|) and |s| ≤ 127,
            so a pair is at most 2·128·127 = 32512 and never saturates */
     return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
 #endif
@@ -118,6 +124,15 @@ static inline __attribute__((always_inline)) __m256 SFX(block)(int type, const u
         dw = SFX(h2f)(blk);
         p = SFX(dot2)(SFX(nibbles)(blk + 4), q, l);
         *c += SFX(h2f)(blk + 2) * a->s[b];
+    } else if (type == RD_Q5_0 || type == RD_Q5_1) { /* as Q4_0 / Q4_1, the nibble | 16·(bit j of qh) */
+        const int o = type == RD_Q5_0 ? 2 : 4;
+        const uint8_t *blk = w + (type == RD_Q5_0 ? 22 : 24) * b;
+        uint32_t qh;
+        memcpy(&qh, blk + o, 4);
+        dw = SFX(h2f)(blk);
+        p = SFX(dot2)(_mm256_or_si256(SFX(nibbles)(blk + o + 4), SFX(bits16)(qh)), q, l);
+        if (type == RD_Q5_0) *c -= 16.0f * dw * a->s[b];
+        else *c += SFX(h2f)(blk + 2) * a->s[b];
     } else {                                         /* Q8_0: |w|·(x·sign w), exact */
         const uint8_t *blk = w + 34 * b;
         dw = SFX(h2f)(blk);
@@ -129,12 +144,16 @@ static inline __attribute__((always_inline)) __m256 SFX(block)(int type, const u
 #endif
 
 #if defined(__AVX512VNNI__)
-/* Q4_0 / Q4_1 rows two blocks per 512-bit op (half the instructions of the 256-bit loop, which
- * is instruction-bound on this work).  Per pair: [d0, c0, d1, c1] from the block headers (c = m
- * for Q4_1, d for Q4_0) times (u, s) pairs gives both blocks' scales d·u and constant terms c·s. */
-static inline float SFX(row_q4_512)(int type, const uint8_t *w, int nb, const rd_act *a) {
-    const int bs = type == RD_Q4_0 ? 18 : 20, qo = type == RD_Q4_0 ? 2 : 4;
-    const __m512i low4 = _mm512_set1_epi8(0x0F);
+/* Q4_0 / Q4_1 / Q5_0 / Q5_1 rows two blocks per 512-bit op (half the instructions of the 256-bit
+ * loop, which is instruction-bound on this work).  Per pair: [d0, c0, d1, c1] from the block
+ * headers (c = m for Q4_1 / Q5_1, d for Q4_0 / Q5_0) times (u, s) pairs gives both blocks' scales
+ * d·u and constant terms c·s.  Q5_x: the two blocks' qh, as one 64-bit mask, put 16 on the bytes
+ * whose fifth bit is set. */
+static inline __attribute__((always_inline)) float SFX(row_q4_512)(int type, const uint8_t *w, int nb, const rd_act *a) {
+    const int q5 = type == RD_Q5_0 || type == RD_Q5_1, dm = type == RD_Q4_1 || type == RD_Q5_1;
+    const int bs = type == RD_Q4_0 ? 18 : type == RD_Q4_1 ? 20 : type == RD_Q5_0 ? 22 : 24;
+    const int ho = dm ? 4 : 2, qo = q5 ? ho + 4 : ho;               /* qh, qs offsets */
+    const __m512i low4 = _mm512_set1_epi8(0x0F), s16 = _mm512_set1_epi8(16);
     const __m512i spread = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 2, 2, 2, 2, 2, 2);
     __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
     __m128 cacc = _mm_setzero_ps();
@@ -142,7 +161,7 @@ static inline float SFX(row_q4_512)(int type, const uint8_t *w, int nb, const rd
     for (; b + 2 <= nb; b += 2) {
         const uint8_t *b0 = w + (size_t)bs * b, *b1 = b0 + bs;
         uint32_t h0, h1;
-        if (type == RD_Q4_1) {
+        if (dm) {
             memcpy(&h0, b0, 4);
             memcpy(&h1, b1, 4);
         } else {
@@ -159,6 +178,12 @@ static inline float SFX(row_q4_512)(int type, const uint8_t *w, int nb, const rd
                                                   _mm_loadu_si128((const __m128i *)(b1 + qo)), 1);
         __m512i z = _mm512_inserti64x4(_mm512_castsi256_si512(t), _mm256_srli_epi16(t, 4), 1);
         z = _mm512_and_si512(_mm512_shuffle_i64x2(z, z, _MM_SHUFFLE(3, 1, 2, 0)), low4);  /* lo0 hi0 lo1 hi1 */
+        if (q5) {
+            uint32_t qh0, qh1;
+            memcpy(&qh0, b0 + ho, 4);
+            memcpy(&qh1, b1 + ho, 4);
+            z = _mm512_or_si512(z, _mm512_maskz_mov_epi8((__mmask64)qh0 | (__mmask64)qh1 << 32, s16));
+        }
         const __m512i q = _mm512_loadu_si512(a->q + 32 * b), l = _mm512_loadu_si512(a->l + 32 * b);
         const __m512i p = _mm512_dpbusd_epi32(_mm512_slli_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), z, q), 7), z, l);
         if (b & 2) acc1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), scale, acc1);
@@ -166,6 +191,7 @@ static inline float SFX(row_q4_512)(int type, const uint8_t *w, int nb, const rd
     }
     float c = _mm_cvtss_f32(_mm_shuffle_ps(cacc, cacc, 1)) + _mm_cvtss_f32(_mm_shuffle_ps(cacc, cacc, 3));
     if (type == RD_Q4_0) c *= -8.0f;
+    else if (type == RD_Q5_0) c *= -16.0f;
     float y = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
     if (b < nb) {                                                   /* odd block count */
         const __m256 r = SFX(block)(type, w, b, a, &c);
@@ -444,6 +470,25 @@ static inline __attribute__((always_inline)) float SFX(row)(int type, const uint
             }
             const float dw = SFX(h2f)(blk);
             acc += dw * a->u[b] * (float)(128 * iq + il) + (type == RD_Q4_0 ? -8.0f * dw : SFX(h2f)(blk + 2)) * a->s[b];
+        } else if (type == RD_Q5_0 || type == RD_Q5_1) {
+            const int off = type == RD_Q5_0 ? 2 : 4;
+            const uint8_t *blk = w + (type == RD_Q5_0 ? 22 : 24) * b;
+            uint8_t v[32];                          /* unpacked first: these loops vectorize */
+            for (int i = 0; i < 16; i++) {
+                v[i] = blk[off + 4 + i] & 15;
+                v[i + 16] = blk[off + 4 + i] >> 4;
+            }
+            uint64_t hb[4];
+            for (int k = 0; k < 4; k++) hb[k] = rd_b2b16[blk[off + k]];
+            uint8_t h[32];
+            memcpy(h, hb, 32);                      /* little-endian: byte j = 16·(bit j of qh) */
+            for (int j = 0; j < 32; j++) v[j] |= h[j];
+            for (int j = 0; j < 32; j++) {
+                iq += v[j] * q[j];
+                il += v[j] * l[j];
+            }
+            const float dw = SFX(h2f)(blk);
+            acc += dw * a->u[b] * (float)(128 * iq + il) + (type == RD_Q5_0 ? -16.0f * dw : SFX(h2f)(blk + 2)) * a->s[b];
         } else {
             const uint8_t *blk = w + 34 * b;
             const int8_t *wq = (const int8_t *)(blk + 2);
@@ -465,6 +510,10 @@ static void SFX(gemv)(int type, const uint8_t *W, size_t rb, int K, int r0, int 
         for (int r = r0; r < r1; r++) y[r - r0] = SFX(row)(RD_Q4_0, W + r * rb, nb, a);
     else if (type == RD_Q4_1)
         for (int r = r0; r < r1; r++) y[r - r0] = SFX(row)(RD_Q4_1, W + r * rb, nb, a);
+    else if (type == RD_Q5_0)
+        for (int r = r0; r < r1; r++) y[r - r0] = SFX(row)(RD_Q5_0, W + r * rb, nb, a);
+    else if (type == RD_Q5_1)
+        for (int r = r0; r < r1; r++) y[r - r0] = SFX(row)(RD_Q5_1, W + r * rb, nb, a);
     else if (type == RD_Q8_0)
         for (int r = r0; r < r1; r++) y[r - r0] = SFX(row)(RD_Q8_0, W + r * rb, nb, a);
 #if defined(__AVX512VNNI__)
