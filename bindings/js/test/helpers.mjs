@@ -89,3 +89,21 @@ function checkRealmError(e, code, fragments) {
   assert.equal(e.codeName, CODE_NAMES[code]);
   for (const f of fragments) assert.ok(e.message.includes(f), `message ${JSON.stringify(e.message)} lacks ${JSON.stringify(f)}`);
 }
+
+// Runs `work` with a 5 ms timer alongside and asserts that the event loop stayed responsive: a
+// loop blocked by the work fires the timer about once per blocking call.  On a loaded 2-core
+// machine the timer still fires every few ms, so a quarter of the ideal count is demanded.
+export async function assertLoopResponsive(work) {
+  let ticks = 0;
+  const timer = setInterval(() => { ticks++; }, 5);
+  const t0 = performance.now();
+  let result;
+  try {
+    result = await work();
+  } finally {
+    clearInterval(timer);
+  }
+  const elapsed = performance.now() - t0;
+  assert.ok(ticks >= Math.max(5, elapsed / 5 / 4), `${ticks} ticks in ${elapsed.toFixed(0)} ms`);
+  return result;
+}
